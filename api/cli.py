@@ -1,0 +1,230 @@
+"""`switchyard`: serve the API, migrate the database, submit and watch tasks, list tools."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from execution.database import SchemaNotCurrent
+from execution.logs import configure_logging
+from execution.redaction import redact_text
+from execution.settings import Settings, SettingsError, load_settings
+from execution.tools.registry import ToolLoadError, load_registry
+
+app = typer.Typer(
+    help="Switchyard: move background jobs between threads and Celery, gradually.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar="SWITCHYARD_URL", help="Base URL of a running API.")
+]
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, no traceback, a non-zero exit."""
+    err.print(f"[bold red]error:[/] {redact_text(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    """The settings, or exit naming the bad one."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [PORT].")] = None,
+) -> None:
+    """Run the API and the thread backend (and publish to Celery if USE_CELERY=true)."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.runtime import Runtime
+
+    settings = settings_or_exit()
+    configure_logging(level=settings.log_level, json_output=settings.log_json)
+    for warning in settings.startup_warnings():
+        err.print(f"[bold yellow]WARNING:[/] {warning}", highlight=False)
+    try:
+        runtime = Runtime.build(settings)
+        runtime.prepare_database()
+    except (ToolLoadError, SchemaNotCurrent) as exc:
+        fail(str(exc))
+    except Exception as exc:  # a database that cannot be reached, say
+        fail(f"cannot start: {type(exc).__name__}: {exc}")
+    shown = settings.redacted()
+    err.print(
+        f"switchyard: database={shown['database_url']} use_celery={settings.use_celery} "
+        f"rollout={settings.celery_rollout_percentage:g}% "
+        f"thread_workers={settings.background_workers} tools={','.join(runtime.registry)}",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(runtime),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply schema migrations to DATABASE_URL."""
+    from execution import database
+
+    settings = settings_or_exit()
+    configure_logging(level=settings.log_level, json_output=settings.log_json)
+    engine = database.make_engine(settings.database_url)
+    try:
+        database.upgrade(engine, revision)
+    except Exception as exc:
+        fail(f"migration failed: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    out.print(f"database at {revision}: {settings.redacted()['database_url']}", highlight=False)
+
+
+@app.command()
+def tools() -> None:
+    """List the tools registered by SWITCHYARD_TOOLS."""
+    settings = settings_or_exit()
+    try:
+        registry = load_registry(settings.tool_modules)
+    except ToolLoadError as exc:
+        fail(str(exc))
+    table = Table("tool_id", "queue", "priority", "soft/hard limit (s)", "description")
+    for spec in registry.values():
+        limits = f"{spec.soft_time_limit or '-'} / {spec.time_limit or '-'}"
+        table.add_row(spec.tool_id, spec.queue, str(spec.priority), limits, spec.description)
+    out.print(table)
+
+
+@app.command()
+def submit(
+    tool_id: Annotated[str, typer.Argument(help="A tool id from `switchyard tools`.")],
+    payload: Annotated[str, typer.Option(help="The payload as a JSON object.")] = "{}",
+    priority: Annotated[int | None, typer.Option(min=0, max=9, help="0-9, 9 highest.")] = None,
+    wait: Annotated[bool, typer.Option(help="Show a progress bar until the task ends.")] = False,
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Create a task through the API; with --wait, follow it to the end."""
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        fail(f"--payload is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        fail("--payload must be a JSON object")
+    request: dict[str, Any] = {"tool_id": tool_id, "payload": body}
+    if priority is not None:
+        request["priority"] = priority
+    with _client(url) as client:
+        task = _call(client, "POST", "/tasks", json=request)
+        out.print(f"task {task['task_id']} {task['status']} on {task['backend']}", highlight=False)
+        if wait:
+            task = _follow(client, task["task_id"])
+            _print_task(task)
+            if task["status"] != "COMPLETED":
+                raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    url: UrlOption = "http://127.0.0.1:8000",
+) -> None:
+    """Show a task's status, progress and result."""
+    with _client(url) as client:
+        _print_task(_call(client, "GET", f"/tasks/{task_id}"))
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=10.0)
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the API at {client.base_url}: {exc}")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        fail(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+def _follow(client: httpx.Client, task_id: str) -> Any:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        handle = bar.add_task("queued", total=100)
+        while True:
+            task = _call(client, "GET", f"/tasks/{task_id}")
+            bar.update(
+                handle,
+                completed=task["progress"],
+                description=f"{task['status']}: {task['message'] or ''}"[:60],
+            )
+            if task["status"] in TERMINAL:
+                return task
+            time.sleep(0.3)
+
+
+def _print_task(task: dict[str, Any]) -> None:
+    table = Table(show_header=False)
+    for key in (
+        "task_id",
+        "tool_id",
+        "status",
+        "progress",
+        "message",
+        "backend",
+        "attempts",
+        "error_code",
+        "error_message",
+        "created_at",
+        "completed_at",
+        "failed_at",
+    ):
+        if task.get(key) is not None:
+            table.add_row(key, str(task[key]))
+    out.print(table)
+    if task.get("result") is not None:
+        out.print_json(data=task["result"])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

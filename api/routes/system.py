@@ -1,0 +1,60 @@
+"""/rollout, /tools and /health: what this process will do with a new task, and whether it can."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import RuntimeDep
+from api.schemas import HealthOut, RolloutOut, ToolOut
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/rollout", response_model=RolloutOut)
+def get_rollout(runtime: RuntimeDep) -> RolloutOut:
+    """The master switch, the percentage, and what they mean for a new task."""
+    policy = runtime.rollout.current()
+    return RolloutOut(
+        use_celery=policy.use_celery,
+        percentage=policy.percentage,
+        effective_percentage=policy.effective_percentage,
+        explanation=policy.describe(),
+    )
+
+
+@router.get("/tools", response_model=list[ToolOut])
+def list_tools(runtime: RuntimeDep) -> list[ToolOut]:
+    """The tools this process can run, with their defaults."""
+    return [
+        ToolOut(
+            tool_id=spec.tool_id,
+            description=spec.description,
+            queue=spec.queue,
+            priority=spec.priority,
+            time_limit=spec.time_limit,
+            soft_time_limit=spec.soft_time_limit,
+        )
+        for spec in runtime.registry.values()
+    ]
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+def health(runtime: RuntimeDep) -> HealthOut | JSONResponse:
+    """200 when the database answers and every backend can take work, else 503."""
+    try:
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        database = "ok"
+    except Exception as exc:
+        database = f"unreachable: {type(exc).__name__}"
+    backends = {}
+    for name, backend in runtime.backends.items():
+        report = backend.health()
+        backends[name] = {"ok": report.ok, **report.detail}
+    healthy = database == "ok" and all(b["ok"] for b in backends.values())
+    body = HealthOut(status="ok" if healthy else "degraded", database=database, backends=backends)
+    if healthy:
+        return body
+    return JSONResponse(status_code=503, content=body.model_dump())

@@ -1,0 +1,110 @@
+"""Request and response bodies: strict in, allow-listed out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from execution.status import TaskStatus
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskCreate(Strict):
+    """POST /tasks."""
+
+    tool_id: Annotated[str, Field(min_length=1, max_length=128, examples=["profile-csv"])]
+    payload: Annotated[
+        dict[str, Any],
+        Field(default_factory=dict, examples=[{"csv": "a,b\n1,x\n2,y\n"}]),
+    ]
+    priority: Annotated[int | None, Field(ge=0, le=9, description="0-9, 9 highest")] = None
+
+
+class TaskOut(BaseModel):
+    """A task row as the API shows it; column names, ISO 8601 UTC times."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    task_id: str
+    user_id: str
+    tool_id: str
+    status: TaskStatus
+    progress: int
+    message: str | None
+    priority: int
+    payload: Any
+    result: Any
+    error_code: str | None
+    error_message: str | None
+    backend: str | None
+    celery_task_id: str | None
+    attempts: int
+    rollout_bucket: int | None
+    rollout_percentage: float | None
+    created_at: datetime
+    queued_at: datetime | None
+    processing_started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    updated_at: datetime
+
+
+class TaskPage(BaseModel):
+    """One page of a task listing."""
+
+    items: list[TaskOut]
+    limit: int
+    offset: int
+
+
+class TaskEventOut(BaseModel):
+    """One entry of a task's history."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    status: TaskStatus
+    progress: int
+    message: str | None
+    at: datetime
+
+
+class RolloutOut(BaseModel):
+    """The rollout in force for new tasks, and what it means."""
+
+    use_celery: bool
+    percentage: float
+    effective_percentage: float
+    explanation: str
+
+
+class ToolOut(BaseModel):
+    """A registered tool and its defaults."""
+
+    tool_id: str
+    description: str
+    queue: str
+    priority: int
+    time_limit: int | None
+    soft_time_limit: int | None
+
+
+class HealthOut(BaseModel):
+    """Whether this process can take and run tasks."""
+
+    status: str
+    database: str
+    backends: dict[str, dict[str, Any]]
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body: one sentence saying what went wrong."""
+
+    detail: str

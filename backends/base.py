@@ -1,0 +1,73 @@
+"""The one interface the dispatcher knows backends by."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from execution.records import TaskRecord
+from execution.status import TaskStatus
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot take the task now; the caller may retry after `retry_after` seconds."""
+
+    def __init__(self, reason: str, *, retry_after: int = 5) -> None:
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+class BackendFull(BackendUnavailable):
+    """The backend's queue is at capacity."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHealth:
+    """A backend's own account of whether it can take work."""
+
+    ok: bool
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+class TaskBackend(ABC):
+    """Runs QUEUED tasks through the TaskExecutor somewhere; knows nothing of HTTP."""
+
+    name: str
+    """The value written to `tasks.backend`."""
+    durable_queue: ClassVar[bool] = False
+    """Tasks handed over survive a restart of this process (else they are resubmitted)."""
+    runs_in_process: ClassVar[bool] = False
+    """Tasks run inside the submitting process."""
+
+    def submit(self, task: TaskRecord) -> None:
+        """Hand over a QUEUED task recorded for this backend."""
+        if task.status is not TaskStatus.QUEUED:
+            raise ValueError(f"task {task.task_id} is {task.status}, only QUEUED can be submitted")
+        if task.backend != self.name:
+            raise ValueError(
+                f"task {task.task_id} is recorded for {task.backend!r}, not {self.name!r}"
+            )
+        self.enqueue(task)
+
+    @abstractmethod
+    def enqueue(self, task: TaskRecord) -> None:
+        """Put the task where a worker will find it; raise BackendUnavailable if it cannot."""
+
+    def external_id(self, task_id: str) -> str | None:
+        """The id this backend will know the task by, recorded before submission."""
+        return None
+
+    def check_capacity(self) -> None:
+        """Raise BackendFull before a task is created if this backend could not take it."""
+
+    def start(self) -> None:
+        """Begin taking work."""
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop taking work; let running tasks finish within `timeout` seconds."""
+
+    def health(self) -> BackendHealth:
+        """Whether the backend can take work, with detail for operators."""
+        return BackendHealth(ok=True)

@@ -1,0 +1,32 @@
+"""Backends by name: the one place that knows which class serves `tasks.backend` values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from backends.base import TaskBackend
+from backends.thread_pool import ThreadPoolBackend
+from execution.executor import TaskExecutor
+from execution.settings import Settings
+from execution.status import BackendName
+
+BackendFactory = Callable[[Settings, TaskExecutor], TaskBackend]
+
+
+def _thread(settings: Settings, executor: TaskExecutor) -> TaskBackend:
+    return ThreadPoolBackend(
+        executor=executor,
+        workers=settings.background_workers,
+        capacity=settings.background_queue_size,
+    )
+
+
+FACTORIES: dict[str, BackendFactory] = {BackendName.THREAD: _thread}
+
+
+def build_backends(settings: Settings, executor: TaskExecutor) -> dict[str, TaskBackend]:
+    """The backends this process can hand tasks to, keyed by name."""
+    names = [BackendName.THREAD]
+    if settings.use_celery:
+        names.append(BackendName.CELERY)
+    return {name: FACTORIES[name](settings, executor) for name in names if name in FACTORIES}

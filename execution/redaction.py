@@ -1,0 +1,33 @@
+"""Keep credentials out of logs, banners and error messages."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+_URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^\s/@:]*)(:[^\s/@]*)?@", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Mask the password (and a bare token used as user) in a URL; keep host and path."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_text(url)
+    if parts.password is None and not parts.username:
+        return url
+    user = parts.username or ""
+    if parts.password is None:
+        user = "***"  # redis://token@host puts the secret where the user goes
+    netloc = f"{user}:***@" if parts.password is not None else f"{user}@"
+    netloc += parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_text(text: str) -> str:
+    """Mask credentials of every URL embedded in free text (exception messages)."""
+    return _URL_IN_TEXT.sub(
+        lambda m: f"{m.group(1)}***@" if not m.group(3) else f"{m.group(1)}{m.group(2)}:***@", text
+    )

@@ -1,0 +1,177 @@
+"""Tools: plain functions registered under an id, collected from the modules operators name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+JSONValue = Any
+"""Whatever `json.dumps` accepts; checked at run time when a tool returns."""
+
+TOOL_ATTRIBUTE = "__switchyard_tool__"
+
+
+class ProgressReporter(Protocol):
+    """`progress(pct, message)`: how a tool says how far it got."""
+
+    def __call__(self, percent: float, message: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool receives: its task, which attempt this is, its payload, and a progress hook."""
+
+    task_id: str
+    attempt: int
+    payload: Any
+    progress: ProgressReporter
+    data_dir: Path
+    """Where tools may read input files from (SWITCHYARD_DATA_DIR)."""
+
+
+class ToolHandler(Protocol):
+    """A tool's body: takes its context, returns a JSON-able result or raises."""
+
+    def __call__(self, ctx: ToolContext, /) -> JSONValue: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failed task may run again (honoured once the reliability work lands)."""
+
+    max_retries: int = 0
+    backoff_seconds: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A registered tool and the defaults its tasks start with."""
+
+    tool_id: str
+    handler: ToolHandler
+    description: str = ""
+    queue: str = "default"
+    priority: int = 0
+    time_limit: int | None = None
+    soft_time_limit: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    payload_model: type[BaseModel] | None = None
+
+    def validate_payload(self, payload: Any) -> Any:
+        """The payload as the tool will see it, or InvalidPayload saying what is wrong."""
+        if self.payload_model is None:
+            return payload
+        try:
+            return self.payload_model.model_validate(payload).model_dump(mode="json")
+        except ValidationError as exc:
+            details = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidPayload(f"payload for {self.tool_id!r} is invalid: {details}") from None
+
+
+class InvalidPayload(ValueError):
+    """The payload does not fit the tool's declared model."""
+
+
+class UnknownTool(LookupError):
+    """No tool is registered under this id."""
+
+    def __init__(self, tool_id: str, known: Iterable[str]) -> None:
+        self.tool_id = tool_id
+        self.known = sorted(known)
+        super().__init__(f"unknown tool {tool_id!r}; known tools: {', '.join(self.known)}")
+
+
+class ToolLoadError(ImportError):
+    """A module named in SWITCHYARD_TOOLS could not be loaded or registers a clash."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tool(
+    tool_id: str,
+    *,
+    description: str = "",
+    queue: str = "default",
+    priority: int = 0,
+    time_limit: int | None = None,
+    soft_time_limit: int | None = None,
+    retry: RetryPolicy | None = None,
+    payload_model: type[BaseModel] | None = None,
+) -> Callable[[F], F]:
+    """Mark a function as a tool; `load_registry` finds it in its module."""
+    if not 0 <= priority <= 9:
+        raise ValueError(f"tool {tool_id!r}: priority must be 0-9")
+
+    def mark(func: F) -> F:
+        doc = (func.__doc__ or "").strip()
+        spec = Tool(
+            tool_id=tool_id,
+            handler=func,
+            description=description or (doc.splitlines()[0] if doc else ""),
+            queue=queue,
+            priority=priority,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
+            retry=retry or RetryPolicy(),
+            payload_model=payload_model,
+        )
+        setattr(func, TOOL_ATTRIBUTE, spec)
+        return func
+
+    return mark
+
+
+class ToolRegistry(Mapping[str, Tool]):
+    """The tools this process can run; the API and every worker build it from the same modules."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for spec in tools:
+            if spec.tool_id in self._tools:
+                raise ToolLoadError(f"tool id {spec.tool_id!r} is registered twice")
+            self._tools[spec.tool_id] = spec
+
+    def __getitem__(self, tool_id: str) -> Tool:
+        try:
+            return self._tools[tool_id]
+        except KeyError:
+            raise UnknownTool(tool_id, self._tools) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._tools))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+
+def tools_in(module: ModuleType) -> list[Tool]:
+    """Every function in `module` marked with @tool."""
+    return [
+        spec
+        for value in vars(module).values()
+        if isinstance(spec := getattr(value, TOOL_ATTRIBUTE, None), Tool)
+    ]
+
+
+def load_registry(module_names: Iterable[str]) -> ToolRegistry:
+    """Import each module and collect its tools."""
+    found: list[Tool] = []
+    for name in module_names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ToolLoadError(f"SWITCHYARD_TOOLS: cannot import {name!r}: {exc}") from None
+        found.extend(tools_in(module))
+    if not found:
+        raise ToolLoadError("SWITCHYARD_TOOLS: the named modules register no tools")
+    return ToolRegistry(found)
