@@ -12,10 +12,11 @@ from backends.registry import build_backends
 from dispatch.dispatcher import Dispatcher
 from dispatch.router import RolloutPolicy, RolloutSource, StaticRollout
 from execution import database
-from execution.executor import ExecutorLimits, TaskExecutor
+from execution.executor import TaskExecutor
 from execution.settings import Settings
 from execution.store import TaskStore
-from execution.tools.registry import ToolRegistry, load_registry
+from execution.tools.registry import ToolRegistry
+from execution.wiring import build_executor
 
 log = structlog.get_logger(__name__)
 
@@ -42,15 +43,8 @@ class Runtime:
         registry: ToolRegistry | None = None,
     ) -> Runtime:
         """Wire the components; `backends`/`registry` replace the real ones in tests."""
-        engine = database.make_engine(settings.database_url)
-        store = TaskStore(engine)
-        registry = registry or load_registry(settings.tool_modules)
-        executor = TaskExecutor(
-            store=store,
-            registry=registry,
-            data_dir=settings.switchyard_data_dir,
-            limits=ExecutorLimits(soft_time_limit=settings.celery_task_soft_time_limit),
-        )
+        executor = build_executor(settings, registry=registry)
+        store, engine = executor.store, executor.store.engine
         if backends is None:
             backends = build_backends(settings, executor)
         rollout = StaticRollout(
@@ -60,8 +54,12 @@ class Runtime:
                 salt=settings.rollout_salt,
             )
         )
-        dispatcher = Dispatcher(store=store, registry=registry, backends=backends, rollout=rollout)
-        return cls(settings, engine, store, registry, executor, backends, rollout, dispatcher)
+        dispatcher = Dispatcher(
+            store=store, registry=executor.registry, backends=backends, rollout=rollout
+        )
+        return cls(
+            settings, engine, store, executor.registry, executor, backends, rollout, dispatcher
+        )
 
     def prepare_database(self) -> None:
         """Migrate the embedded database; refuse to start on an outdated external one."""
