@@ -88,6 +88,47 @@ def serve(
     )
 
 
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues [default: every tool's queue].")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Processes [CELERY_WORKER_CONCURRENCY].")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+    hostname: Annotated[str, typer.Option(help="Worker node name.")] = "switchyard@%h",
+) -> None:
+    """Run a Celery worker with Switchyard's app, settings and tools loaded.
+
+    The same as `celery -A backends.celery_worker worker -Q <queues> -c <n>`.
+    """
+    from backends.celery_app import queues_of
+    from backends.celery_tasks import build_worker_app, prepare_worker_database
+
+    settings = settings_or_exit()
+    configure_logging(level=settings.log_level, json_output=settings.log_json)
+    try:
+        registry = load_registry(settings.tool_modules)
+        celery_app = build_worker_app(settings, registry=registry)
+        prepare_worker_database(settings)
+    except (SettingsError, ToolLoadError, SchemaNotCurrent) as exc:
+        fail(str(exc))
+    except Exception as exc:  # a database that cannot be reached, say
+        fail(f"cannot start: {type(exc).__name__}: {exc}")
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--queues={queues or ','.join(queues_of(registry))}",
+            f"--concurrency={concurrency or settings.celery_worker_concurrency}",
+            f"--pool={pool}",
+            f"--hostname={hostname}",
+            f"--loglevel={settings.log_level}",
+            "--task-events",
+        ]
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backends.base import TaskBackend
+from backends.celery_app import make_celery_app
+from backends.celery_backend import CeleryBackend
 from backends.thread_pool import ThreadPoolBackend
 from execution.executor import TaskExecutor
 from execution.settings import Settings
@@ -21,7 +23,15 @@ def _thread(settings: Settings, executor: TaskExecutor) -> TaskBackend:
     )
 
 
-FACTORIES: dict[str, BackendFactory] = {BackendName.THREAD: _thread}
+def _celery(settings: Settings, executor: TaskExecutor) -> TaskBackend:
+    return CeleryBackend(
+        app=make_celery_app(settings, executor.registry),
+        registry=executor.registry,
+        publish_retries=settings.celery_publish_retries,
+    )
+
+
+FACTORIES: dict[str, BackendFactory] = {BackendName.THREAD: _thread, BackendName.CELERY: _celery}
 
 
 def build_backends(settings: Settings, executor: TaskExecutor) -> dict[str, TaskBackend]:
@@ -29,4 +39,4 @@ def build_backends(settings: Settings, executor: TaskExecutor) -> dict[str, Task
     names = [BackendName.THREAD]
     if settings.use_celery:
         names.append(BackendName.CELERY)
-    return {name: FACTORIES[name](settings, executor) for name in names if name in FACTORIES}
+    return {name: FACTORIES[name](settings, executor) for name in names}

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     celery_worker_concurrency: Annotated[int, Field(ge=1, le=256)] = 2
     celery_task_time_limit: Annotated[int, Field(ge=1)] = 1800
     celery_task_soft_time_limit: Annotated[int, Field(ge=1)] = 1500
+    celery_visibility_timeout: Annotated[int, Field(ge=1)] = 3600
+    celery_publish_retries: Annotated[int, Field(ge=0, le=10)] = 2
     switchyard_tools: Annotated[str, Field(min_length=1)] = "execution.tools.builtin"
     switchyard_data_dir: Path = Path("./data")
     host: str = "127.0.0.1"
@@ -68,11 +70,17 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
-    def _soft_limit_below_hard(self) -> Self:
+    def _limits_are_consistent(self) -> Self:
         if self.celery_task_soft_time_limit > self.celery_task_time_limit:
             raise ValueError(
                 f"CELERY_TASK_SOFT_TIME_LIMIT ({self.celery_task_soft_time_limit}) must not "
                 f"exceed CELERY_TASK_TIME_LIMIT ({self.celery_task_time_limit})"
+            )
+        if self.celery_visibility_timeout <= self.celery_task_time_limit:
+            raise ValueError(
+                f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout}) must exceed "
+                f"CELERY_TASK_TIME_LIMIT ({self.celery_task_time_limit}), or Redis redelivers "
+                "tasks that are still running"
             )
         return self
 
