@@ -38,7 +38,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr, no traceback, a non-zero exit."""
-    err.print(f"[bold red]error:[/] {redact_text(message)}", highlight=False)
+    # soft_wrap: Rich would otherwise break the line at the console width (80 when piped).
+    err.print(f"[bold red]error:[/] {redact_text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -64,7 +65,7 @@ def serve(
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, json_output=settings.log_json)
     for warning in settings.startup_warnings():
-        err.print(f"[bold yellow]WARNING:[/] {warning}", highlight=False)
+        err.print(f"[bold yellow]WARNING:[/] {warning}", highlight=False, soft_wrap=True)
     try:
         runtime = Runtime.build(settings)
         runtime.prepare_database()
@@ -269,3 +270,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -61,7 +61,6 @@ def make_celery_app(settings: Settings, registry: ToolRegistry) -> Celery:
             "visibility_timeout": settings.celery_visibility_timeout,
             # Ten priority sub-queues per queue; 0 is served first (see redis_priority).
             "priority_steps": list(range(PRIORITY_LEVELS)),
-            "sep": ":",
             "socket_connect_timeout": 3,
         },
         # JSON only: a pickle payload from anyone who can write to Redis is code execution.
