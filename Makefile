@@ -4,11 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test services lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -22,7 +21,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+# The integration tests start their own redis-server and PostgreSQL cluster on free loopback
+# ports; this makes sure the binaries are there (Debian packages, installed when root).
+services:
+	@command -v redis-server >/dev/null || sh .ci/apt-install redis-server
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || sh .ci/apt-install postgresql
+
+test: $(STAMP) services lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
