@@ -20,9 +20,8 @@ def redact_url(url: str) -> str:
     if parts.password is None:
         user = "***"  # redis://token@host puts the secret where the user goes
     netloc = f"{user}:***@" if parts.password is not None else f"{user}@"
-    netloc += parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    # Host and port exactly as given: `hostname` drops IPv6 brackets, `port` raises on junk.
+    netloc += parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

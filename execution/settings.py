@@ -8,7 +8,7 @@ from typing import Annotated, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from execution.redaction import redact_url
+from execution.redaction import redact_text, redact_url
 
 
 class SettingsError(Exception):
@@ -137,4 +137,5 @@ def _one_line(exc: ValidationError) -> str:
             problems.append(f"{name}: {reason}{shown}")
         else:
             problems.append(reason)
-    return "invalid setting: " + "; ".join(problems)
+    # The rejected input is echoed back, so a bad URL's password would be too.
+    return redact_text("invalid setting: " + "; ".join(problems))
