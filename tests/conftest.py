@@ -1,0 +1,124 @@
+"""Shared fixtures: each yields a fresh thing (database, store, registry, runtime) and cleans up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from api.app import create_app
+from api.runtime import Runtime
+from backends.testing import InlineBackend
+from backends.thread_pool import ThreadPoolBackend
+from execution.database import make_engine, upgrade
+from execution.executor import TaskExecutor
+from execution.settings import Settings
+from execution.store import TaskStore
+from execution.tools.registry import ToolRegistry
+from tests.tools import Gate, build_registry
+
+ThreadBackendFactory = Callable[..., ThreadPoolBackend]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No Switchyard variable from the caller's environment, and no `.env` in the working dir."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """A SQLite file of this test's own."""
+    return f"sqlite:///{tmp_path / 'switchyard.db'}"
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated, empty status store."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> TaskStore:
+    """The store over this test's database."""
+    return TaskStore(engine)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """A closed gate; opened at teardown so no worker thread stays blocked."""
+    gate = Gate()
+    yield gate
+    gate.open()
+
+
+@pytest.fixture
+def registry(gate: Gate) -> ToolRegistry:
+    """Built-in tools plus the test tools of tests/tools.py."""
+    return build_registry(gate)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """SWITCHYARD_DATA_DIR for this test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def executor(store: TaskStore, registry: ToolRegistry, data_dir: Path) -> TaskExecutor:
+    """An executor with the default limits."""
+    return TaskExecutor(store=store, registry=registry, data_dir=data_dir)
+
+
+@pytest.fixture
+def thread_backends(executor: TaskExecutor, gate: Gate) -> Iterator[ThreadBackendFactory]:
+    """Build started thread pools (keyword arguments as ThreadPoolBackend); all stop at teardown."""
+    started: list[ThreadPoolBackend] = []
+
+    def build(*, workers: int = 2, capacity: int = 100) -> ThreadPoolBackend:
+        backend = ThreadPoolBackend(executor=executor, workers=workers, capacity=capacity)
+        backend.start()
+        started.append(backend)
+        return backend
+
+    yield build
+    gate.open()
+    for backend in started:
+        backend.shutdown(timeout=10)
+
+
+@pytest.fixture
+def settings(clean_env: None, database_url: str, data_dir: Path) -> Settings:
+    """Defaults, except a database and data directory of this test's own."""
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        switchyard_data_dir=data_dir,
+        background_workers=2,
+        shutdown_timeout=10,
+    )
+
+
+@pytest.fixture
+def runtime(
+    settings: Settings, engine: Engine, registry: ToolRegistry, executor: TaskExecutor
+) -> Runtime:
+    """The API's runtime with an inline thread backend: a task has ended when POST returns."""
+    return Runtime.build(settings, backends={"thread": InlineBackend(executor)}, registry=registry)
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    """An HTTP client of the app; the app's startup and shutdown run around the test."""
+    with TestClient(create_app(runtime)) as client:
+        yield client

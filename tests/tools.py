@@ -1,0 +1,99 @@
+"""The tools the tests run, in one place; `build_registry` adds them to the built-ins."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from execution.tools.registry import Tool, ToolContext, ToolRegistry, load_registry, tool
+
+GATE_TIMEOUT = 10.0
+"""A gate nobody opens fails its task instead of holding a worker thread forever."""
+
+
+class ChattyPayload(BaseModel):
+    """How many progress calls to make, all with the same message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calls: int = 10_000
+    message: str | None = "working"
+
+
+@tool("echo")
+def echo(ctx: ToolContext) -> dict[str, Any]:
+    """Return what the tool was given."""
+    return {"task_id": ctx.task_id, "attempt": ctx.attempt, "payload": ctx.payload}
+
+
+@tool("urgent", priority=7)
+def urgent(ctx: ToolContext) -> dict[str, Any]:
+    """A tool whose tasks default to priority 7."""
+    return {}
+
+
+@tool("chatty", payload_model=ChattyPayload)
+def chatty(ctx: ToolContext) -> dict[str, Any]:
+    """Report progress `calls` times in tiny, even steps."""
+    calls = int(ctx.payload["calls"])
+    for call in range(1, calls + 1):
+        ctx.progress(100 * call / calls, ctx.payload["message"])
+    return {"calls": calls}
+
+
+@tool("divide")
+def divide(ctx: ToolContext) -> dict[str, Any]:
+    """Divide 1 by `divisor` (0 unless given): an ordinary bug in an ordinary tool."""
+    return {"ratio": 1 / int(ctx.payload.get("divisor", 0))}
+
+
+@tool("returns-set")
+def returns_set(ctx: ToolContext) -> Any:
+    """Return something json.dumps refuses."""
+    return {"values": {1, 2}}
+
+
+@tool("returns-nan")
+def returns_nan(ctx: ToolContext) -> Any:
+    """Return a float that is not valid JSON."""
+    return {"value": float("nan")}
+
+
+@tool("tick-until-stopped")
+def tick_until_stopped(ctx: ToolContext) -> dict[str, Any]:
+    """Report progress in a loop until the executor stops the tool (or 10 s pass)."""
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while time.monotonic() < deadline:
+        ctx.progress(1, "ticking")
+    return {"stopped": False}
+
+
+class Gate:
+    """The `gate` tool: its tasks wait until the test opens the gate, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self._opened = threading.Event()
+
+    def open(self) -> None:
+        """Let every waiting and future `gate` task finish."""
+        self._opened.set()
+
+    def __call__(self, ctx: ToolContext, /) -> dict[str, Any]:
+        self.ran.append(ctx.task_id)
+        if not self._opened.wait(GATE_TIMEOUT):
+            raise TimeoutError("the test never opened the gate")
+        return {"position": self.ran.index(ctx.task_id)}
+
+    def as_tool(self) -> Tool:
+        """This gate, registered as the `gate` tool."""
+        return Tool(tool_id="gate", handler=self, description="Waits for the test.")
+
+
+def build_registry(gate: Gate) -> ToolRegistry:
+    """The built-in tools, the tools of this module, and `gate`."""
+    loaded = load_registry(["execution.tools.builtin", __name__])
+    return ToolRegistry([*loaded.values(), gate.as_tool()])
