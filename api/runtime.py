@@ -10,9 +10,10 @@ from sqlalchemy import Engine
 from backends.base import TaskBackend
 from backends.registry import build_backends
 from dispatch.dispatcher import Dispatcher
-from dispatch.router import RolloutPolicy, RolloutSource, StaticRollout
 from execution import database
 from execution.executor import TaskExecutor
+from execution.rollout_store import RolloutStore
+from execution.rollout_watch import RolloutWatcher
 from execution.settings import Settings
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
@@ -31,7 +32,8 @@ class Runtime:
     registry: ToolRegistry
     executor: TaskExecutor
     backends: dict[str, TaskBackend]
-    rollout: RolloutSource
+    rollout_store: RolloutStore
+    rollout: RolloutWatcher
     dispatcher: Dispatcher
 
     @classmethod
@@ -47,18 +49,27 @@ class Runtime:
         store, engine = executor.store, executor.store.engine
         if backends is None:
             backends = build_backends(settings, executor)
-        rollout = StaticRollout(
-            RolloutPolicy(
-                use_celery=settings.use_celery,
-                percentage=settings.celery_rollout_percentage,
-                salt=settings.rollout_salt,
-            )
+        rollout_store = RolloutStore(engine)
+        rollout = RolloutWatcher(
+            rollout_store,
+            use_celery=settings.use_celery,
+            seed_percentage=settings.celery_rollout_percentage,
+            salt=settings.rollout_salt,
+            interval=settings.rollout_refresh_seconds,
         )
         dispatcher = Dispatcher(
             store=store, registry=executor.registry, backends=backends, rollout=rollout
         )
         return cls(
-            settings, engine, store, executor.registry, executor, backends, rollout, dispatcher
+            settings=settings,
+            engine=engine,
+            store=store,
+            registry=executor.registry,
+            executor=executor,
+            backends=backends,
+            rollout_store=rollout_store,
+            rollout=rollout,
+            dispatcher=dispatcher,
         )
 
     def prepare_database(self) -> None:
@@ -69,7 +80,8 @@ class Runtime:
             database.check_current(self.engine)
 
     def start(self) -> None:
-        """Start every backend."""
+        """Load (or seed) the rollout, then start every backend."""
+        self.rollout.start()
         for backend in self.backends.values():
             backend.start()
 
@@ -77,5 +89,6 @@ class Runtime:
         """Stop backends (running tasks get SHUTDOWN_TIMEOUT seconds) and close connections."""
         for backend in self.backends.values():
             backend.shutdown(self.settings.shutdown_timeout)
+        self.rollout.stop()
         self.engine.dispose()
         log.info("runtime.stopped")

@@ -20,6 +20,7 @@ def _thread(settings: Settings, executor: TaskExecutor) -> TaskBackend:
         executor=executor,
         workers=settings.background_workers,
         capacity=settings.background_queue_size,
+        sweep_interval=settings.thread_sweep_seconds,
     )
 
 

@@ -27,14 +27,25 @@ class ThreadPoolBackend(TaskBackend):
     durable_queue: ClassVar[bool] = False
     runs_in_process: ClassVar[bool] = True
 
-    def __init__(self, *, executor: TaskExecutor, workers: int, capacity: int) -> None:
+    def __init__(
+        self,
+        *,
+        executor: TaskExecutor,
+        workers: int,
+        capacity: int,
+        sweep_interval: float | None = None,
+    ) -> None:
         self._executor = executor
         self._workers = workers
         self._capacity = capacity
+        self._sweep_interval = sweep_interval
         self._queue: PriorityQueue[tuple[int, int, str]] = PriorityQueue()
+        self._waiting: set[str] = set()
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._sweeper: threading.Thread | None = None
+        self._stopped = threading.Event()
         self._running = 0
         self._accepting = False
 
@@ -48,15 +59,38 @@ class ThreadPoolBackend(TaskBackend):
                 threading.Thread(target=self._work, name=f"switchyard-thread-{i}", daemon=False)
                 for i in range(self._workers)
             ]
-            # Past the capacity bound on purpose: these were accepted before the restart.
-            recovered = self._executor.store.queued(backend=self.name)
-            for task_id, priority in recovered:
-                self._queue.put((-priority, next(self._order), task_id))
+        recovered = self._sweep(unchanged_for=0.0)
         for thread in self._threads:
             thread.start()
-        log.info(
-            "backend.started", backend=self.name, workers=self._workers, recovered=len(recovered)
+        if self._sweep_interval:
+            self._sweeper = threading.Thread(target=self._sweep_forever, name="switchyard-sweep")
+            self._sweeper.start()
+        log.info("backend.started", backend=self.name, workers=self._workers, recovered=recovered)
+
+    def _sweep(self, *, unchanged_for: float) -> int:
+        """Enqueue QUEUED thread tasks this process does not hold: left by a stopped process,
+        or handed back by a Celery worker. Past the capacity bound on purpose: they were
+        accepted already. A copy another process also holds is harmless: one claim wins."""
+        found = self._executor.store.queued(
+            backend=self.name, unchanged_for=unchanged_for, limit=self._capacity
         )
+        taken = 0
+        with self._lock:
+            for task_id, priority in found:
+                if task_id not in self._waiting:
+                    self._waiting.add(task_id)
+                    self._queue.put((-priority, next(self._order), task_id))
+                    taken += 1
+        return taken
+
+    def _sweep_forever(self) -> None:
+        assert self._sweep_interval is not None
+        while not self._stopped.wait(self._sweep_interval):
+            try:
+                if taken := self._sweep(unchanged_for=self._sweep_interval):
+                    log.info("backend.swept", backend=self.name, recovered=taken)
+            except Exception as exc:  # a database blip: try again next round
+                log.warning("backend.sweep_failed", backend=self.name, error=str(exc))
 
     def check_capacity(self) -> None:
         if self._queue.qsize() >= self._capacity:
@@ -69,6 +103,7 @@ class ThreadPoolBackend(TaskBackend):
             if not self._accepting:
                 raise BackendFull("thread backend is shutting down", retry_after=5)
             self.check_capacity()
+            self._waiting.add(task.task_id)
             self._queue.put((-task.priority, next(self._order), task.task_id))
 
     def shutdown(self, timeout: float) -> None:
@@ -76,12 +111,13 @@ class ThreadPoolBackend(TaskBackend):
             if not self._accepting:
                 return
             self._accepting = False
+            self._stopped.set()
             left = self._queue.qsize()
             for _ in self._threads:
                 self._queue.put((_STOP_KEY, -1, _STOP))
         log.info("backend.stopping", backend=self.name, unstarted=left, timeout=timeout)
         end = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in [*self._threads, *([self._sweeper] if self._sweeper else [])]:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         if any(thread.is_alive() for thread in self._threads):
             log.warning("backend.shutdown_timeout", backend=self.name, still_running=self._running)
@@ -107,6 +143,7 @@ class ThreadPoolBackend(TaskBackend):
             if task_id == _STOP:
                 return
             with self._lock:
+                self._waiting.discard(task_id)
                 self._running += 1
             try:
                 self._executor.run(task_id)

@@ -12,6 +12,7 @@ import structlog
 from backends.base import BackendUnavailable, TaskBackend
 from dispatch.router import RolloutSource, route
 from execution.records import TaskRecord
+from execution.rollout import Stickiness
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 
@@ -60,7 +61,9 @@ class Dispatcher:
         if not 0 <= priority <= 9:
             raise ValueError(f"priority {priority} is outside 0-9")
         task_id = str(uuid.uuid4())
-        decision = route(self.rollout.current(), task_id)
+        policy = self.rollout.current()
+        key = request.user_id if policy.stickiness is Stickiness.USER_ID else task_id
+        decision = route(policy, key, spec.tool_id)
         backend = self.backends.get(decision.backend)
         if backend is None:
             # Never fall back silently: a task routed to Celery must not run on threads.

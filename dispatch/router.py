@@ -1,4 +1,4 @@
-"""Routing: compare a task's bucket with the rollout; nothing else."""
+"""Routing: compare a task's bucket with the share of traffic Celery gets; nothing else."""
 
 from __future__ import annotations
 
@@ -6,34 +6,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dispatch.bucketing import bucket, threshold
+from execution.rollout import RolloutPolicy
 from execution.status import BackendName
 
-
-@dataclass(frozen=True, slots=True)
-class RolloutPolicy:
-    """The rollout as one decision needs it."""
-
-    use_celery: bool
-    percentage: float
-    salt: str
-
-    @property
-    def effective_percentage(self) -> float:
-        """What share actually goes to Celery: the master switch overrides the percentage."""
-        return self.percentage if self.use_celery else 0.0
-
-    def describe(self) -> str:
-        """What this policy means for a new task, in words."""
-        if not self.use_celery:
-            return "USE_CELERY is false: every new task runs on the thread backend"
-        if self.percentage == 0:
-            return "USE_CELERY is true but the percentage is 0: every new task runs on threads"
-        if self.percentage >= 100:
-            return "every new task runs on Celery"
-        return (
-            f"{self.percentage:g}% of new tasks (a stable hash of the task id) run on Celery, "
-            "the rest on threads"
-        )
+__all__ = ["RolloutPolicy", "RolloutSource", "RoutingDecision", "StaticRollout", "route"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +22,14 @@ class RoutingDecision:
 
 
 class RolloutSource(Protocol):
-    """Where the dispatcher reads the rollout from (settings now, the database later)."""
+    """Where the dispatcher reads the rollout from; `current()` must not touch the database."""
 
     def current(self) -> RolloutPolicy: ...
 
 
 @dataclass(frozen=True, slots=True)
 class StaticRollout:
-    """A rollout fixed at startup, from settings."""
+    """A rollout that never changes (tests, benchmarks)."""
 
     policy: RolloutPolicy
 
@@ -62,9 +38,9 @@ class StaticRollout:
         return self.policy
 
 
-def route(policy: RolloutPolicy, key: str) -> RoutingDecision:
-    """Celery iff the master switch is on and the key's bucket is below the percentage."""
-    share = policy.effective_percentage
+def route(policy: RolloutPolicy, key: str, tool_id: str | None = None) -> RoutingDecision:
+    """Celery iff the switch is on and the key's bucket is below the tool's share."""
+    share = policy.share_for(tool_id)
     slot = bucket(key, salt=policy.salt)
     backend = BackendName.CELERY if slot < threshold(share) else BackendName.THREAD
     return RoutingDecision(backend=backend, bucket=slot, percentage=share)

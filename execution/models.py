@@ -101,3 +101,34 @@ class TaskEventRow(Base):
     at: Mapped[datetime]
 
     __table_args__ = (UniqueConstraint("task_id", "seq"),)
+
+
+class RolloutStateRow(Base):
+    """The one row holding the rollout every process routes by; `version` guards changes."""
+
+    __tablename__ = "rollout_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    percentage: Mapped[float] = mapped_column(Float)
+    tool_overrides: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stickiness: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[str] = mapped_column(String(128))
+    restore_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class RolloutEventRow(Base):
+    """One accepted rollout change: who, when, from what, to what, and why."""
+
+    __tablename__ = "rollout_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(Integer, unique=True)
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime]

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     rollout_salt: Annotated[str, Field(min_length=1)] = "switchyard"
     background_workers: Annotated[int, Field(ge=1, le=256)] = 8
     background_queue_size: Annotated[int, Field(ge=1)] = 10_000
+    thread_sweep_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0
+    rollout_refresh_seconds: Annotated[float, Field(ge=0.05, le=10)] = 0.5
     shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, func, insert, select, update
@@ -146,6 +146,19 @@ class TaskStore:
             values={"error_code": error_code, "error_message": reason if error_code else None},
         )
 
+    def move_backend(
+        self, task_id: str, *, from_backend: str, to_backend: str, reason: str
+    ) -> TaskRecord | None:
+        """Re-route a QUEUED task (e.g. Celery switched off for it); the move is an event."""
+        return self._transition(
+            task_id,
+            from_statuses=(TaskStatus.QUEUED,),
+            to_status=TaskStatus.QUEUED,
+            message=f"moved from {from_backend} to {to_backend}: {reason}",
+            values={"backend": to_backend},
+            only_backend=from_backend,
+        )
+
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, task_id: str) -> TaskRecord | None:
@@ -187,13 +200,22 @@ class TaskStore:
         with self.engine.connect() as conn:
             return [TaskEvent.from_row(row._mapping) for row in conn.execute(query)]
 
-    def queued(self, *, backend: str) -> list[tuple[str, int]]:
-        """(task_id, priority) of QUEUED tasks recorded for `backend`, oldest first."""
+    def queued(
+        self, *, backend: str, unchanged_for: float = 0.0, limit: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(task_id, priority) of QUEUED tasks recorded for `backend`, oldest first.
+
+        `unchanged_for` skips rows written in the last that many seconds (another process is
+        most likely about to run them).
+        """
         query = (
             select(_TASKS.c.task_id, _TASKS.c.priority)
             .where(_TASKS.c.status == TaskStatus.QUEUED, _TASKS.c.backend == backend)
             .order_by(_TASKS.c.created_at)
+            .limit(limit)
         )
+        if unchanged_for > 0:
+            query = query.where(_TASKS.c.updated_at <= utcnow() - timedelta(seconds=unchanged_for))
         with self.engine.connect() as conn:
             return [(row.task_id, row.priority) for row in conn.execute(query)]
 
@@ -208,6 +230,7 @@ class TaskStore:
         message: str | None,
         values: Mapping[str, Any],
         stamp: str | None = None,
+        only_backend: str | None = None,
     ) -> TaskRecord | None:
         # The UPDATE comes first so the transaction takes the write lock at once (SQLite) or
         # locks the row (PostgreSQL): concurrent transitions of one task queue up, and the
@@ -216,12 +239,12 @@ class TaskStore:
         changes = dict(values, status=to_status, message=message, updated_at=now)
         if stamp is not None:
             changes[stamp] = now
+        where = [_TASKS.c.task_id == task_id, _TASKS.c.status.in_(list(from_statuses))]
+        if only_backend is not None:
+            where.append(_TASKS.c.backend == only_backend)
         with self.engine.begin() as conn:
             row = conn.execute(
-                update(_TASKS)
-                .where(_TASKS.c.task_id == task_id, _TASKS.c.status.in_(list(from_statuses)))
-                .values(changes)
-                .returning(_TASKS)
+                update(_TASKS).where(*where).values(changes).returning(_TASKS)
             ).one_or_none()
             if row is None:
                 return None

@@ -89,8 +89,9 @@ def pair(
         log_path=workdir / "worker.log",
         concurrency=1,
     )
-    thread.start()
-    celery.start()
+    celery.start()  # first: it seeds the shared rollout state at 100 %
+    thread.start()  # USE_CELERY=false: the master switch keeps it on threads regardless
+    assert celery.rollout.current().share_for("noop") == 100
     yield Pair(thread, celery, worker)
     thread.stop()
     celery.stop()

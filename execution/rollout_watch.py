@@ -1,0 +1,94 @@
+"""Every process keeps the rollout in memory and polls one cheap version read to stay current."""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+
+from execution.rollout import RolloutPolicy, RolloutState
+from execution.rollout_store import RolloutStore
+
+log = structlog.get_logger(__name__)
+
+
+class RolloutWatcher:
+    """A `RolloutSource` whose `current()` costs no database round trip.
+
+    A background thread reads the state's version every `interval` seconds and reloads the
+    state when it moved, so a change made anywhere is honoured here within about `interval`
+    plus one query. If the database cannot be read, routing keeps the last known state.
+    """
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        *,
+        use_celery: bool,
+        seed_percentage: float,
+        salt: str,
+        interval: float,
+    ) -> None:
+        self._store = store
+        self._use_celery = use_celery
+        self._seed_percentage = seed_percentage
+        self._salt = salt
+        self._interval = interval
+        self._policy = RolloutPolicy(use_celery=use_celery, percentage=0.0, salt=salt)
+        self._state: RolloutState | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Seed the state if this is the first start anywhere, load it, and begin polling."""
+        self._adopt(self._store.seed(percentage=self._seed_percentage, salt=self._salt))
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._poll, name="switchyard-rollout-watch", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._interval + 5)
+            self._thread = None
+
+    def current(self) -> RolloutPolicy:
+        """The policy in force in this process (an attribute read)."""
+        return self._policy
+
+    def state(self) -> RolloutState | None:
+        """The stored state last seen."""
+        return self._state
+
+    def adopt(self, state: RolloutState) -> None:
+        """Take a state this process just wrote, without waiting for the next poll."""
+        self._adopt(state)
+
+    def _adopt(self, state: RolloutState) -> None:
+        if self._state is not None and state.version < self._state.version:
+            return  # an older read finishing late must not roll us back
+        previous = self._state.version if self._state else None
+        self._state = state
+        self._policy = state.policy(use_celery=self._use_celery)
+        if previous != state.version:
+            log.info(
+                "rollout.adopted",
+                version=state.version,
+                percentage=state.percentage,
+                overrides=dict(state.tool_overrides),
+                stickiness=str(state.stickiness),
+            )
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                version = self._store.version()
+                if version is not None and (self._state is None or version != self._state.version):
+                    state = self._store.load()
+                    if state is not None:
+                        self._adopt(state)
+            except Exception as exc:  # keep routing by the last known state
+                log.warning("rollout.poll_failed", error=f"{type(exc).__name__}: {exc}")
