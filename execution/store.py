@@ -219,6 +219,16 @@ class TaskStore:
         with self.engine.connect() as conn:
             return [(row.task_id, row.priority) for row in conn.execute(query)]
 
+    def queued_counts(self) -> dict[tuple[str, str], int]:
+        """QUEUED tasks per (backend, tool_id)."""
+        query = (
+            select(_TASKS.c.backend, _TASKS.c.tool_id, func.count())
+            .where(_TASKS.c.status == TaskStatus.QUEUED)
+            .group_by(_TASKS.c.backend, _TASKS.c.tool_id)
+        )
+        with self.engine.connect() as conn:
+            return {(str(b), str(t)): int(n) for b, t, n in conn.execute(query)}
+
     # -- internals -----------------------------------------------------------------------------
 
     def _transition(

@@ -147,6 +147,9 @@ class ToolRegistry(Mapping[str, Tool]):
         except KeyError:
             raise UnknownTool(tool_id, self._tools) from None
 
+    def __contains__(self, tool_id: object) -> bool:
+        return tool_id in self._tools
+
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._tools))
 

@@ -1,0 +1,200 @@
+"""Operator changes to the rollout: validated whole before anything is written, then audited."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dispatch.bucketing import BUCKETS, threshold
+from execution.rollout import RolloutAction, RolloutEvent, RolloutState, Stickiness
+from execution.rollout_store import NothingToRestore, RolloutStore
+from execution.rollout_watch import RolloutWatcher
+from execution.status import BackendName
+from execution.store import TaskStore
+from execution.tools.registry import ToolRegistry
+
+MAX_REASON = 500
+
+
+class RolloutInvalid(ValueError):
+    """A requested change names a bad value; `field` says which. Nothing was written."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutChange:
+    """What PUT /rollout asks for; a field left None stays as it is."""
+
+    percentage: float | None = None
+    tool_overrides: Mapping[str, float] | None = None
+    stickiness: Stickiness | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutPreview:
+    """What a percentage would change, before anyone commits to it."""
+
+    current_percentage: float
+    proposed_percentage: float
+    new_traffic_moving: float
+    """Percentage points of new tasks (of tools without an override) that would change backend."""
+    direction: str
+    queued: Mapping[str, int]
+    """QUEUED tasks per backend now."""
+    queued_that_would_move: int
+    """QUEUED Celery tasks that would be handed back to threads (their tool would get 0 %)."""
+
+
+class RolloutControl:
+    """The one place rollout changes are made: API and CLI both come through here."""
+
+    def __init__(
+        self,
+        *,
+        store: RolloutStore,
+        watcher: RolloutWatcher,
+        registry: ToolRegistry,
+        tasks: TaskStore,
+    ) -> None:
+        self._store = store
+        self._watcher = watcher
+        self._registry = registry
+        self._tasks = tasks
+
+    def set(
+        self, change: RolloutChange, *, actor: str, reason: str, expected_version: int | None
+    ) -> RolloutState:
+        """Apply a change made against `expected_version`; RolloutConflict if it moved."""
+        reason = _reason(reason)
+        if change.percentage is not None:
+            _percentage("percentage", change.percentage)
+        if change.tool_overrides is not None:
+            for tool_id, share in change.tool_overrides.items():
+                if tool_id not in self._registry:
+                    known = ", ".join(self._registry)
+                    raise RolloutInvalid(
+                        "tool_overrides", f"unknown tool {tool_id!r}; known tools: {known}"
+                    )
+                _percentage(f"tool_overrides.{tool_id}", share)
+
+        def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
+            target = replace(
+                current,
+                percentage=current.percentage if change.percentage is None else change.percentage,
+                tool_overrides=current.tool_overrides
+                if change.tool_overrides is None
+                else dict(change.tool_overrides),
+                stickiness=current.stickiness if change.stickiness is None else change.stickiness,
+            )
+            return target, None  # a deliberate setting replaces any pending restore point
+
+        return self._adopt(
+            self._store.change(
+                apply,
+                action=RolloutAction.SET,
+                actor=actor,
+                reason=reason,
+                expected_version=expected_version,
+            )
+        )
+
+    def rollback(self, *, actor: str, reason: str) -> RolloutState:
+        """Everything to threads at once; remember where it was for `restore`."""
+        reason = _reason(reason)
+
+        def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
+            already_back = current.percentage == 0 and not any(current.tool_overrides.values())
+            memory = (
+                current.restore_point
+                if already_back and current.restore_point
+                else (current.routing())
+            )
+            return replace(current, percentage=0.0, tool_overrides={}), memory
+
+        return self._adopt(
+            self._store.change(
+                apply,
+                action=RolloutAction.ROLLBACK,
+                actor=actor,
+                reason=reason,
+                expected_version=None,
+            )
+        )
+
+    def restore(self, *, actor: str, reason: str) -> RolloutState:
+        """Return to where the last rollback found the rollout."""
+        reason = _reason(reason)
+
+        def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
+            if current.restore_point is None:
+                raise NothingToRestore("no rollback to restore from: the rollout is as it was set")
+            return current.with_routing(current.restore_point), None
+
+        return self._adopt(
+            self._store.change(
+                apply,
+                action=RolloutAction.RESTORE,
+                actor=actor,
+                reason=reason,
+                expected_version=None,
+            )
+        )
+
+    def history(self, *, limit: int, offset: int) -> list[RolloutEvent]:
+        """Accepted changes, newest first."""
+        return self._store.history(limit=limit, offset=offset)
+
+    def preview(self, percentage: float) -> RolloutPreview:
+        """How much new traffic and how many queued tasks a percentage would move."""
+        _percentage("percentage", percentage)
+        state = self._store.load()
+        current = state.percentage if state else 0.0
+        overrides = state.tool_overrides if state else {}
+        # Whole buckets, as routing counts them (0.01 % resolution).
+        moving = abs(threshold(percentage) - threshold(current)) * 100 / BUCKETS
+        queued = self._tasks.queued_counts()
+        would_move = 0
+        if percentage == 0:
+            would_move = sum(
+                count
+                for (backend, tool_id), count in queued.items()
+                if backend == BackendName.CELERY and not overrides.get(tool_id)
+            )
+        per_backend: dict[str, int] = {}
+        for (backend, _), count in queued.items():
+            per_backend[backend] = per_backend.get(backend, 0) + count
+        return RolloutPreview(
+            current_percentage=current,
+            proposed_percentage=percentage,
+            new_traffic_moving=moving,
+            direction="to celery"
+            if percentage > current
+            else ("to threads" if percentage < current else "none"),
+            queued=per_backend,
+            queued_that_would_move=would_move,
+        )
+
+    def _adopt(self, state: RolloutState) -> RolloutState:
+        self._watcher.adopt(state)  # this process routes by it at once, not at the next poll
+        return state
+
+
+def _reason(reason: str) -> str:
+    cleaned = reason.strip()
+    if not cleaned:
+        raise RolloutInvalid("reason", "a reason is required for every rollout change")
+    if len(cleaned) > MAX_REASON:
+        raise RolloutInvalid("reason", f"at most {MAX_REASON} characters")
+    return cleaned
+
+
+def _percentage(field: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RolloutInvalid(field, f"{value!r} is not a number")
+    if not 0 <= value <= 100:
+        raise RolloutInvalid(field, f"{value:g} is outside 0-100")
