@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
+from api.limits import install_request_limits
 from api.routes import system, tasks
 from api.runtime import Runtime
 
@@ -37,6 +38,11 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_request_limits(
+        app,
+        max_bytes=runtime.settings.max_request_bytes,
+        cors_origins=runtime.settings.cors_origin_list,
+    )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import Engine
 
+from api.keys import KeyStore
+from api.ratelimit import SlidingWindowLimiter
 from backends.base import TaskBackend
 from backends.registry import build_backends
 from dispatch.dispatcher import Dispatcher
@@ -32,6 +34,8 @@ class Runtime:
     backends: dict[str, TaskBackend]
     rollout: RolloutSource
     dispatcher: Dispatcher
+    keys: KeyStore
+    rollout_change_limiter: SlidingWindowLimiter
 
     @classmethod
     def build(
@@ -61,14 +65,24 @@ class Runtime:
             )
         )
         dispatcher = Dispatcher(store=store, registry=registry, backends=backends, rollout=rollout)
-        return cls(settings, engine, store, registry, executor, backends, rollout, dispatcher)
+        return cls(
+            settings=settings,
+            engine=engine,
+            store=store,
+            registry=registry,
+            executor=executor,
+            backends=backends,
+            rollout=rollout,
+            dispatcher=dispatcher,
+            keys=KeyStore(engine),
+            rollout_change_limiter=SlidingWindowLimiter(
+                limit=settings.rollout_change_limit, window=settings.rollout_change_window_seconds
+            ),
+        )
 
     def prepare_database(self) -> None:
         """Migrate the embedded database; refuse to start on an outdated external one."""
-        if self.settings.is_embedded_database:
-            database.upgrade(self.engine)
-        else:
-            database.check_current(self.engine)
+        database.prepare(self.engine, migrate=self.settings.is_embedded_database)
 
     def start(self) -> None:
         """Start every backend."""
