@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -81,6 +84,28 @@ def install_request_limits(app: FastAPI, *, max_bytes: int, cors_origins: Sequen
             allow_credentials=False,  # keys travel in a header, never in cookies
             max_age=600,
         )
+
+
+def reject_undeclared_query(request: Request) -> None:
+    """422 for a query parameter the route does not take: `?stauts=FAILED` must not list all."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    unknown = sorted(set(request.query_params) - _query_names(route.dependant))
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", name), "msg": "Unknown parameter"}
+                for name in unknown
+            ]
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
 
 
 def _content_length(scope: Scope) -> int | None:

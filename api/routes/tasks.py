@@ -10,7 +10,7 @@ from api.auth import Caller, CallerDep, log_denied
 from api.deps import RuntimeDep
 from api.keys import USER_ID_PATTERN
 from api.runtime import Runtime
-from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskOut, TaskPage, ValidationErrorOut
+from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskOut, TaskPage
 from dispatch.dispatcher import NewTask
 from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
@@ -24,7 +24,6 @@ TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No API key, or not a valid one"},
-    422: {"model": ValidationErrorOut, "description": "The request does not fit the schema"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such task, or not the caller's"}

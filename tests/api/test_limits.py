@@ -168,6 +168,15 @@ def test_listing_parameters_outside_their_bounds_get_422(
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize("path", ["/tasks?stauts=FAILED", "/tasks/some-task?verbose=1", "/tools?x"])
+def test_a_query_parameter_the_route_does_not_take_gets_422_naming_it(
+    api: ApiUnderTest, ops: Keyholder, path: str
+) -> None:
+    response = api.client.get(path, headers=ops.headers)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"][0] == "query"
+
+
 def test_a_malformed_task_id_gets_422(api: ApiUnderTest, alice: Keyholder) -> None:
     assert api.client.get("/tasks/a%00b", headers=alice.headers).status_code == 422
 
