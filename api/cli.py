@@ -181,8 +181,9 @@ def api_client(url: str, api_key: str | None) -> httpx.Client:
             fail(str(exc))
         if api_key is None:
             fail(
-                f"no API key: pass --api-key, set SWITCHYARD_API_KEY, or start `switchyard serve` "
-                f"once so it writes OPERATOR_KEY_FILE ({path})"
+                f"no API key: pass --api-key or set SWITCHYARD_API_KEY (`switchyard keys create` "
+                f"makes one); the first `switchyard serve` also writes one to OPERATOR_KEY_FILE "
+                f"({path})"
             )
     headers = {"Authorization": f"Bearer {api_key.strip()}"}
     return httpx.Client(base_url=url, timeout=10.0, headers=headers)
