@@ -102,27 +102,27 @@ def build_api(tmp_path: Path) -> Iterator[BuildApi]:
 
 
 @pytest.fixture
-def api(build_api: BuildApi) -> ApiUnderTest:
+def auth_api(build_api: BuildApi) -> ApiUnderTest:
     """The app with default settings."""
     return build_api()
 
 
 @pytest.fixture
-def alice(api: ApiUnderTest) -> Keyholder:
+def alice(auth_api: ApiUnderTest) -> Keyholder:
     """A user."""
-    return api.issue("alice")
+    return auth_api.issue("alice")
 
 
 @pytest.fixture
-def bob(api: ApiUnderTest) -> Keyholder:
+def bob(auth_api: ApiUnderTest) -> Keyholder:
     """Another user."""
-    return api.issue("bob")
+    return auth_api.issue("bob")
 
 
 @pytest.fixture
-def ops(api: ApiUnderTest) -> Keyholder:
+def ops(auth_api: ApiUnderTest) -> Keyholder:
     """An operator."""
-    return api.issue("ops-oncall", Role.OPERATOR)
+    return auth_api.issue("ops-oncall", Role.OPERATOR)
 
 
 @pytest.fixture

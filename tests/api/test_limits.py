@@ -110,9 +110,9 @@ def test_a_refused_body_creates_no_task(small: ApiUnderTest) -> None:
     ],
 )
 def test_a_request_body_outside_the_schema_gets_422_saying_where(
-    api: ApiUnderTest, alice: Keyholder, body: dict[str, object], where: list[str]
+    auth_api: ApiUnderTest, alice: Keyholder, body: dict[str, object], where: list[str]
 ) -> None:
-    response = api.client.post("/tasks", json=body, headers=alice.headers)
+    response = auth_api.client.post("/tasks", json=body, headers=alice.headers)
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == where
     assert response.json()["detail"].startswith("invalid request: ")
@@ -133,16 +133,16 @@ def test_a_request_body_outside_the_schema_gets_422_saying_where(
     ],
 )
 def test_a_payload_json_cannot_send_back_gets_422_and_no_task(
-    api: ApiUnderTest, alice: Keyholder, raw: str
+    auth_api: ApiUnderTest, alice: Keyholder, raw: str
 ) -> None:
-    response = api.client.post("/tasks", content=raw, headers={**alice.headers, **JSON})
+    response = auth_api.client.post("/tasks", content=raw, headers={**alice.headers, **JSON})
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["body", "payload"]
-    assert api.client.get("/tasks", headers=alice.headers).json()["items"] == []
+    assert auth_api.client.get("/tasks", headers=alice.headers).json()["items"] == []
 
 
-def test_a_rejected_value_is_not_echoed_back(api: ApiUnderTest, alice: Keyholder) -> None:
-    response = api.client.post(
+def test_a_rejected_value_is_not_echoed_back(auth_api: ApiUnderTest, alice: Keyholder) -> None:
+    response = auth_api.client.post(
         "/tasks", json={"tool_id": "noop", "password": "hunter2"}, headers=alice.headers
     )
     assert response.status_code == 422
@@ -162,50 +162,50 @@ def test_a_rejected_value_is_not_echoed_back(api: ApiUnderTest, alice: Keyholder
     ],
 )
 def test_listing_parameters_outside_their_bounds_get_422(
-    api: ApiUnderTest, ops: Keyholder, query: dict[str, object]
+    auth_api: ApiUnderTest, ops: Keyholder, query: dict[str, object]
 ) -> None:
-    response = api.client.get("/tasks", params=query, headers=ops.headers)
+    response = auth_api.client.get("/tasks", params=query, headers=ops.headers)
     assert response.status_code == 422
 
 
 @pytest.mark.parametrize("path", ["/tasks?stauts=FAILED", "/tasks/some-task?verbose=1", "/tools?x"])
 def test_a_query_parameter_the_route_does_not_take_gets_422_naming_it(
-    api: ApiUnderTest, ops: Keyholder, path: str
+    auth_api: ApiUnderTest, ops: Keyholder, path: str
 ) -> None:
-    response = api.client.get(path, headers=ops.headers)
+    response = auth_api.client.get(path, headers=ops.headers)
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"][0] == "query"
 
 
-def test_a_malformed_task_id_gets_422(api: ApiUnderTest, alice: Keyholder) -> None:
-    assert api.client.get("/tasks/a%00b", headers=alice.headers).status_code == 422
+def test_a_malformed_task_id_gets_422(auth_api: ApiUnderTest, alice: Keyholder) -> None:
+    assert auth_api.client.get("/tasks/a%00b", headers=alice.headers).status_code == 422
 
 
 def test_a_task_shows_the_allow_listed_fields_and_nothing_else(
-    api: ApiUnderTest, alice: Keyholder
+    auth_api: ApiUnderTest, alice: Keyholder
 ) -> None:
-    created = api.client.post("/tasks", json={"tool_id": "noop"}, headers=alice.headers).json()
-    listed = api.client.get("/tasks", headers=alice.headers).json()
+    created = auth_api.client.post("/tasks", json={"tool_id": "noop"}, headers=alice.headers).json()
+    listed = auth_api.client.get("/tasks", headers=alice.headers).json()
     assert set(created) == TASK_FIELDS
     assert set(listed) == {"items", "limit", "offset"}
     assert set(listed["items"][0]) == TASK_FIELDS
 
 
-def test_cors_is_off_by_default(api: ApiUnderTest, alice: Keyholder) -> None:
+def test_cors_is_off_by_default(auth_api: ApiUnderTest, alice: Keyholder) -> None:
     origin = {"Origin": "https://evil.example"}
-    preflight = api.client.options(
+    preflight = auth_api.client.options(
         "/tasks", headers={**origin, "Access-Control-Request-Method": "POST"}
     )
-    simple = api.client.get("/tasks", headers={**alice.headers, **origin})
+    simple = auth_api.client.get("/tasks", headers={**alice.headers, **origin})
     assert "access-control-allow-origin" not in preflight.headers
     assert "access-control-allow-origin" not in simple.headers
 
 
 def test_cors_admits_only_the_origins_named(build_api: BuildApi) -> None:
-    api = build_api(cors_origins="https://console.example, http://127.0.0.1:3000")
+    auth_api = build_api(cors_origins="https://console.example, http://127.0.0.1:3000")
 
     def preflight(origin: str) -> str | None:
-        response = api.client.options(
+        response = auth_api.client.options(
             "/tasks",
             headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
         )

@@ -35,9 +35,9 @@ def test_an_unexpected_error_answers_500_without_the_secret_and_logs_it_masked(
     build_api: BuildApi, capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:
     configure_logging(level="INFO", json_output=False)
-    api = build_api(backend=ExplodingBackend(), raise_server_exceptions=False)
-    user = api.issue("alice")
-    response = api.client.post("/tasks", json={"tool_id": "noop"}, headers=user.headers)
+    auth_api = build_api(backend=ExplodingBackend(), raise_server_exceptions=False)
+    user = auth_api.issue("alice")
+    response = auth_api.client.post("/tasks", json={"tool_id": "noop"}, headers=user.headers)
     logged = capsys.readouterr().err
     assert response.status_code == 500
     assert "s3cret" not in response.text
@@ -51,18 +51,18 @@ def test_json_logs_mask_the_secret_in_tracebacks_too(
     build_api: BuildApi, capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:
     configure_logging(level="INFO", json_output=True)
-    api = build_api(backend=ExplodingBackend(), raise_server_exceptions=False)
-    user = api.issue("alice")
-    api.client.post("/tasks", json={"tool_id": "noop"}, headers=user.headers)
+    auth_api = build_api(backend=ExplodingBackend(), raise_server_exceptions=False)
+    user = auth_api.issue("alice")
+    auth_api.client.post("/tasks", json={"tool_id": "noop"}, headers=user.headers)
     logged = capsys.readouterr().err
     assert "redis://:***@redis.internal" in logged
     assert "s3cret" not in logged
 
 
 def test_a_backend_refusal_names_the_broker_without_its_password(build_api: BuildApi) -> None:
-    api = build_api(backend=RefusingBackend())
-    user = api.issue("alice")
-    response = api.client.post("/tasks", json={"tool_id": "noop"}, headers=user.headers)
+    auth_api = build_api(backend=RefusingBackend())
+    user = auth_api.issue("alice")
+    response = auth_api.client.post("/tasks", json={"tool_id": "noop"}, headers=user.headers)
     assert response.status_code == 503
     assert (
         response.json()["detail"] == "cannot reach the broker at redis://:***@redis.internal:6379/0"
@@ -70,11 +70,11 @@ def test_a_backend_refusal_names_the_broker_without_its_password(build_api: Buil
 
 
 def test_the_rollout_never_shows_broker_or_database_credentials(build_api: BuildApi) -> None:
-    api = build_api(
+    auth_api = build_api(
         redis_url=BROKER, celery_broker_url="amqp://guest:amqp-s3cret@mq.internal:5672//"
     )
-    user = api.issue("alice")
-    response = api.client.get("/rollout", headers=user.headers)
+    user = auth_api.issue("alice")
+    response = auth_api.client.get("/rollout", headers=user.headers)
     assert response.status_code == 200
     assert "s3cret" not in response.text
 

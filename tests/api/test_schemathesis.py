@@ -77,16 +77,16 @@ def first_failure(
 def test_every_operation_answers_within_its_schema_and_never_with_a_5xx(
     build_api: BuildApi, role: Role, mode: GenerationMode
 ) -> None:
-    api = build_api()
-    caller = api.issue("fuzzer", role)
-    someone_else = api.issue("someone-else")
+    auth_api = build_api()
+    caller = auth_api.issue("fuzzer", role)
+    someone_else = auth_api.issue("someone-else")
     task_ids = [
-        api.client.post("/tasks", json={"tool_id": "noop"}, headers=holder.headers).json()[
+        auth_api.client.post("/tasks", json={"tool_id": "noop"}, headers=holder.headers).json()[
             "task_id"
         ]
         for holder in (caller, someone_else)
     ]
-    schema = schemathesis.openapi.from_asgi("/openapi.json", api.client.app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", auth_api.client.app)
     operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
     assert len(operations) == 8
     runs: list[tuple[Operation, dict[str, str] | None]] = [(op, None) for op in operations]
