@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
+from api.limits import install_request_limits, reject_undeclared_query
 from api.routes import system, tasks
 from api.runtime import Runtime
+from api.schemas import ValidationErrorOut
 
 log = structlog.get_logger(__name__)
 
@@ -34,9 +36,18 @@ def create_app(runtime: Runtime) -> FastAPI:
         summary="Run background jobs on threads or Celery, moved over gradually and reversibly.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(reject_undeclared_query)],
+        responses={
+            422: {"model": ValidationErrorOut, "description": "The request does not fit the schema"}
+        },
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_request_limits(
+        app,
+        max_bytes=runtime.settings.max_request_bytes,
+        cors_origins=runtime.settings.cors_origin_list,
+    )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

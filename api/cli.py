@@ -1,22 +1,25 @@
-"""`switchyard`: serve the API, migrate the database, submit and watch tasks, list tools."""
+"""`switchyard`: serve the API, migrate the database, manage API keys, submit and watch tasks."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import Annotated, Any, NoReturn
+from collections.abc import Iterable
+from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.bootstrap import KeyFileError, ensure_operator_key, read_key_file
+from api.cli_keys import keys_app
+from api.console import err, fail, out, settings_or_exit
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging
-from execution.redaction import redact_text
-from execution.settings import Settings, SettingsError, load_settings
+from execution.redaction import redact_url
+from execution.settings import Settings, SettingsError
 from execution.tools.registry import ToolLoadError, load_registry
 
 app = typer.Typer(
@@ -26,29 +29,21 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-
-out = Console()
-err = Console(stderr=True)
+app.add_typer(keys_app, name="keys")
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="SWITCHYARD_URL", help="Base URL of a running API.")
 ]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="SWITCHYARD_API_KEY",
+        show_default=False,
+        help="API key [default: the one in OPERATOR_KEY_FILE, written by the first `serve`].",
+    ),
+]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """One line on stderr, no traceback, a non-zero exit."""
-    # soft_wrap: Rich would otherwise break the line at the console width (80 when piped).
-    err.print(f"[bold red]error:[/] {redact_text(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def settings_or_exit() -> Settings:
-    """The settings, or exit naming the bad one."""
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        fail(str(exc))
 
 
 @app.command()
@@ -69,17 +64,20 @@ def serve(
     try:
         runtime = Runtime.build(settings)
         runtime.prepare_database()
-    except (ToolLoadError, SchemaNotCurrent) as exc:
+        first_key = ensure_operator_key(runtime.keys, settings.operator_key_file)
+    except (ToolLoadError, SchemaNotCurrent, KeyFileError) as exc:
         fail(str(exc))
     except Exception as exc:  # a database that cannot be reached, say
         fail(f"cannot start: {type(exc).__name__}: {exc}")
-    shown = settings.redacted()
-    err.print(
-        f"switchyard: database={shown['database_url']} use_celery={settings.use_celery} "
-        f"rollout={settings.celery_rollout_percentage:g}% "
-        f"thread_workers={settings.background_workers} tools={','.join(runtime.registry)}",
-        highlight=False,
-    )
+    err.print(startup_banner(settings, runtime.registry), highlight=False)
+    if first_key is not None:
+        err.print(
+            "No API key existed, so an operator key was created. It is shown this once and kept "
+            f"in {settings.operator_key_file} (readable by you only); the CLI uses it from there:"
+            f"\n\n    {first_key.token}\n",
+            highlight=False,
+            soft_wrap=True,
+        )
     uvicorn.run(
         create_app(runtime),
         host=host or settings.host,
@@ -130,6 +128,16 @@ def worker(
     )
 
 
+def startup_banner(settings: Settings, tools: Iterable[str]) -> str:
+    """One line saying what this process runs against, with every credential masked."""
+    broker = f" broker={redact_url(settings.broker_url)}" if settings.use_celery else ""
+    return (
+        f"switchyard: database={redact_url(settings.database_url)}{broker} "
+        f"use_celery={settings.use_celery} rollout={settings.celery_rollout_percentage:g}% "
+        f"thread_workers={settings.background_workers} tools={','.join(tools)}"
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
@@ -171,6 +179,7 @@ def submit(
     priority: Annotated[int | None, typer.Option(min=0, max=9, help="0-9, 9 highest.")] = None,
     wait: Annotated[bool, typer.Option(help="Show a progress bar until the task ends.")] = False,
     url: UrlOption = "http://127.0.0.1:8000",
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Create a task through the API; with --wait, follow it to the end."""
     try:
@@ -182,7 +191,7 @@ def submit(
     request: dict[str, Any] = {"tool_id": tool_id, "payload": body}
     if priority is not None:
         request["priority"] = priority
-    with _client(url) as client:
+    with api_client(url, api_key) as client:
         task = _call(client, "POST", "/tasks", json=request)
         out.print(f"task {task['task_id']} {task['status']} on {task['backend']}", highlight=False)
         if wait:
@@ -196,14 +205,29 @@ def submit(
 def status(
     task_id: Annotated[str, typer.Argument(help="The task's id.")],
     url: UrlOption = "http://127.0.0.1:8000",
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a task's status, progress and result."""
-    with _client(url) as client:
+    with api_client(url, api_key) as client:
         _print_task(_call(client, "GET", f"/tasks/{task_id}"))
 
 
-def _client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=10.0)
+def api_client(url: str, api_key: str | None) -> httpx.Client:
+    """A client sending `api_key`, else the key in OPERATOR_KEY_FILE; exits if there is none."""
+    if api_key is None:
+        path = settings_or_exit().operator_key_file
+        try:
+            api_key = read_key_file(path)
+        except KeyFileError as exc:
+            fail(str(exc))
+        if api_key is None:
+            fail(
+                f"no API key: pass --api-key or set SWITCHYARD_API_KEY (`switchyard keys create` "
+                f"makes one); the first `switchyard serve` also writes one to OPERATOR_KEY_FILE "
+                f"({path})"
+            )
+    headers = {"Authorization": f"Bearer {api_key.strip()}"}
+    return httpx.Client(base_url=url, timeout=10.0, headers=headers)
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.schemas import FieldErrorOut, ValidationErrorOut
 from backends.base import BackendUnavailable
 from dispatch.dispatcher import TaskRejected
 from execution.redaction import redact_text
 from execution.tools.registry import InvalidPayload, UnknownTool
 
+# A body with ten thousand unknown fields gets a short answer, not ten thousand lines.
+MAX_REPORTED_ERRORS = 20
+
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map each domain error to its status code."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content=validation_body(exc).model_dump())
 
     @app.exception_handler(UnknownTool)
     async def unknown_tool(_: Request, exc: UnknownTool) -> JSONResponse:
@@ -30,3 +39,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             status_code=503, content=content, headers={"Retry-After": str(exc.retry_after)}
         )
+
+
+def validation_body(exc: RequestValidationError) -> ValidationErrorOut:
+    """One readable sentence plus the problems; input values are left out (they may be secrets)."""
+    errors = [
+        FieldErrorOut(
+            loc=[part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            msg=str(error.get("msg", "invalid")).removeprefix("Value error, "),
+            type=str(error.get("type", "invalid")),
+        )
+        for error in exc.errors()[:MAX_REPORTED_ERRORS]
+    ]
+    summary = "; ".join(f"{'.'.join(map(str, e.loc)) or 'request'}: {e.msg}" for e in errors[:3])
+    more = len(exc.errors()) - 3
+    if more > 0:
+        summary += f" (and {more} more)"
+    return ValidationErrorOut(detail=f"invalid request: {summary}", errors=errors)

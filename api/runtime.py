@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import Engine
 
+from api.keys import KeyStore
+from api.ratelimit import SlidingWindowLimiter
 from backends.base import TaskBackend
 from backends.registry import build_backends
 from dispatch.dispatcher import Dispatcher
@@ -35,6 +37,8 @@ class Runtime:
     rollout_store: RolloutStore
     rollout: RolloutWatcher
     dispatcher: Dispatcher
+    keys: KeyStore
+    rollout_change_limiter: SlidingWindowLimiter
 
     @classmethod
     def build(
@@ -70,14 +74,15 @@ class Runtime:
             rollout_store=rollout_store,
             rollout=rollout,
             dispatcher=dispatcher,
+            keys=KeyStore(engine),
+            rollout_change_limiter=SlidingWindowLimiter(
+                limit=settings.rollout_change_limit, window=settings.rollout_change_window_seconds
+            ),
         )
 
     def prepare_database(self) -> None:
         """Migrate the embedded database; refuse to start on an outdated external one."""
-        if self.settings.is_embedded_database:
-            database.upgrade(self.engine)
-        else:
-            database.check_current(self.engine)
+        database.prepare(self.engine, migrate=self.settings.is_embedded_database)
 
     def start(self) -> None:
         """Load (or seed) the rollout, then start every backend."""

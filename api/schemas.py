@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.limits import check_storable_json
 from execution.status import TaskStatus
 
 
@@ -25,6 +26,12 @@ class TaskCreate(Strict):
         Field(default_factory=dict, examples=[{"csv": "a,b\n1,x\n2,y\n"}]),
     ]
     priority: Annotated[int | None, Field(ge=0, le=9, description="0-9, 9 highest")] = None
+
+    @field_validator("payload")
+    @classmethod
+    def _storable(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        check_storable_json(payload)
+        return payload
 
 
 class TaskOut(BaseModel):
@@ -108,3 +115,17 @@ class ErrorOut(BaseModel):
     """Every 4xx/5xx body: one sentence saying what went wrong."""
 
     detail: str
+
+
+class FieldErrorOut(BaseModel):
+    """One reason a request was refused: where (`loc`) and why; the value itself is not echoed."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(ErrorOut):
+    """A 422: one sentence, then each problem on its own."""
+
+    errors: list[FieldErrorOut] = []

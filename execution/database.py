@@ -67,6 +67,14 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     log.info("db.upgraded", revision=revision, url=redact_url(str(engine.url)))
 
 
+def prepare(engine: Engine, *, migrate: bool) -> None:
+    """Migrate a database Switchyard owns (`migrate`); refuse one that is behind otherwise."""
+    if migrate:
+        upgrade(engine)
+    else:
+        check_current(engine)
+
+
 def check_current(engine: Engine) -> None:
     """Refuse to run against a schema the code does not match."""
     head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()

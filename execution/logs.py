@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
+
+from execution.redaction import redact_text
 
 
 def configure_logging(*, level: str = "INFO", json_output: bool = False) -> None:
@@ -19,7 +22,11 @@ def configure_logging(*, level: str = "INFO", json_output: bool = False) -> None
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if json_output
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # Plain tracebacks: rich ones print every frame's locals (request headers with API
+        # keys, settings) and wrap long lines, which would split a URL past redaction.
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -35,6 +42,7 @@ def configure_logging(*, level: str = "INFO", json_output: bool = False) -> None
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if json_output else _identity,
                 renderer,
+                _redact_rendered,  # last: tracebacks and third-party messages are masked too
             ],
         )
     )
@@ -47,3 +55,8 @@ def _identity(
     _logger: object, _name: str, event_dict: structlog.typing.EventDict
 ) -> structlog.typing.EventDict:
     return event_dict
+
+
+def _redact_rendered(_logger: object, _name: str, rendered: Any) -> Any:
+    # Runs after the renderer, so it is handed the finished line, typed as an event dict.
+    return redact_text(rendered) if isinstance(rendered, str) else rendered

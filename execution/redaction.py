@@ -6,6 +6,8 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 _URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^\s/@:]*)(:[^\s/@]*)?@", re.IGNORECASE)
+# An API key is `sy_<key id>_<secret>`; the id is public and worth keeping in a log line.
+_API_KEY_IN_TEXT = re.compile(r"\b(sy_[0-9a-f]{16}_)[A-Za-z0-9_-]+")
 
 
 def redact_url(url: str) -> str:
@@ -26,7 +28,8 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Mask credentials of every URL embedded in free text (exception messages)."""
-    return _URL_IN_TEXT.sub(
+    """Mask the credentials of every URL and the secret of every API key in free text."""
+    text = _URL_IN_TEXT.sub(
         lambda m: f"{m.group(1)}***@" if not m.group(3) else f"{m.group(1)}{m.group(2)}:***@", text
     )
+    return _API_KEY_IN_TEXT.sub(r"\1***", text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Self
 
@@ -9,6 +10,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from execution.redaction import redact_text, redact_url
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 class SettingsError(Exception):
@@ -47,6 +54,15 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     log_level: str = "INFO"
     log_json: bool = False
+    operator_key_file: Path = Path(".switchyard/operator.key")
+    """Where `serve` writes the first operator key (mode 0600) when the database has no keys."""
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    """Larger request bodies are refused with 413 before any handler reads them."""
+    cors_origins: str = ""
+    """Comma-separated browser origins allowed to call the API; empty turns CORS off."""
+    rollout_change_limit: Annotated[int, Field(ge=1, le=1000)] = 10
+    """How many rollout changes one API key may make per ROLLOUT_CHANGE_WINDOW_SECONDS."""
+    rollout_change_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
 
     @field_validator("use_celery", "log_json", mode="before")
     @classmethod
@@ -71,6 +87,16 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
         return level
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _explicit_origins(cls, value: str) -> str:
+        for origin in _split(value):
+            if origin == "*":
+                raise ValueError("'*' is not allowed; list each origin (https://app.example.com)")
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com:8443")
+        return value
+
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Self:
         if self.celery_task_soft_time_limit > self.celery_task_time_limit:
@@ -94,7 +120,12 @@ class Settings(BaseSettings):
     @property
     def tool_modules(self) -> tuple[str, ...]:
         """Modules named in SWITCHYARD_TOOLS (comma-separated)."""
-        return tuple(m.strip() for m in self.switchyard_tools.split(",") if m.strip())
+        return _split(self.switchyard_tools)
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """Origins named in CORS_ORIGINS (comma-separated); empty means no CORS at all."""
+        return _split(self.cors_origins)
 
     @property
     def is_embedded_database(self) -> bool:

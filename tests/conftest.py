@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from api.app import create_app
 from api.runtime import Runtime
 from backends.testing import InlineBackend
 from backends.thread_pool import ThreadPoolBackend
@@ -18,6 +17,7 @@ from execution.executor import TaskExecutor
 from execution.settings import Settings
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
+from tests.helpers import operator_client
 from tests.tools import Gate, build_registry
 
 ThreadBackendFactory = Callable[..., ThreadPoolBackend]
@@ -119,6 +119,6 @@ def runtime(
 
 @pytest.fixture
 def client(runtime: Runtime) -> Iterator[TestClient]:
-    """An HTTP client of the app; the app's startup and shutdown run around the test."""
-    with TestClient(create_app(runtime)) as client:
+    """An HTTP client of the app carrying an operator key; startup and shutdown run around it."""
+    with operator_client(runtime) as client:
         yield client

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.keys import Role
+from api.runtime import Runtime
 from execution.records import TaskRecord
 from execution.store import TaskStore
 from execution.tools.registry import Tool, ToolContext
@@ -76,3 +82,12 @@ def call_tool(
         data_dir=data_dir,
     )
     return spec.handler(context)
+
+
+@contextmanager
+def operator_client(runtime: Runtime) -> Iterator[TestClient]:
+    """An HTTP client of the app over `runtime`, carrying a fresh operator key."""
+    issued = runtime.keys.create(user_id="tester", role=Role.OPERATOR)
+    with TestClient(create_app(runtime)) as client:
+        client.headers["Authorization"] = f"Bearer {issued.token}"
+        yield client

@@ -1,18 +1,30 @@
-"""/rollout, /tools and /health: what this process will do with a new task, and whether it can."""
+"""/rollout, /tools and /health: what this process will do with a new task, and whether it can.
+
+/health answers without a key: load balancers and probes carry none, and it shows counts and
+states only, never a URL, a user or a task.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from api.auth import authenticate
 from api.deps import RuntimeDep
-from api.schemas import HealthOut, RolloutOut, ToolOut
+from api.schemas import ErrorOut, HealthOut, RolloutOut, ToolOut
 
 router = APIRouter(tags=["system"])
 
+WITH_KEY: dict[str, Any] = {
+    "dependencies": [Depends(authenticate)],
+    "responses": {401: {"model": ErrorOut, "description": "No API key, or not a valid one"}},
+}
 
-@router.get("/rollout", response_model=RolloutOut)
+
+@router.get("/rollout", response_model=RolloutOut, **WITH_KEY)
 def get_rollout(runtime: RuntimeDep) -> RolloutOut:
     """The master switch, the percentage, and what they mean for a new task."""
     policy = runtime.rollout.current()
@@ -24,7 +36,7 @@ def get_rollout(runtime: RuntimeDep) -> RolloutOut:
     )
 
 
-@router.get("/tools", response_model=list[ToolOut])
+@router.get("/tools", response_model=list[ToolOut], **WITH_KEY)
 def list_tools(runtime: RuntimeDep) -> list[ToolOut]:
     """The tools this process can run, with their defaults."""
     return [

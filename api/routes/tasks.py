@@ -1,87 +1,135 @@
-"""/tasks: create tasks, read their status, progress and history, cancel them."""
+"""/tasks: create tasks, read their status, progress and history, cancel them; each caller's own."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
+from api.auth import Caller, CallerDep, log_denied
 from api.deps import RuntimeDep
+from api.keys import USER_ID_PATTERN
+from api.runtime import Runtime
 from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskOut, TaskPage
 from dispatch.dispatcher import NewTask
+from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
 from execution.store import TaskFilter
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
-
-ANONYMOUS = "anonymous"
 MAX_PAGE = 500
+MAX_OFFSET = 1_000_000
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"  # PostgreSQL refuses NUL in text
+
+TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API key, or not a valid one"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such task, or not the caller's"}
+}
+
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=ERRORS)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskOut,
-    responses={422: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+    responses={
+        400: {"model": ErrorOut, "description": "Body nested or numbered past what JSON reads"},
+        413: {"model": ErrorOut, "description": "Body larger than MAX_REQUEST_BYTES"},
+        503: {"model": ErrorOut, "description": "The chosen backend cannot take the task now"},
+    },
 )
-def create_task(body: TaskCreate, runtime: RuntimeDep) -> TaskOut:
-    """Create a task; it is QUEUED on the backend the rollout picks for it."""
+def create_task(body: TaskCreate, runtime: RuntimeDep, caller: CallerDep) -> TaskOut:
+    """Create a task owned by the caller; it is QUEUED on the backend the rollout picks for it."""
     record = runtime.dispatcher.submit(
         NewTask(
-            tool_id=body.tool_id, payload=body.payload, priority=body.priority, user_id=ANONYMOUS
+            tool_id=body.tool_id,
+            payload=body.payload,
+            priority=body.priority,
+            user_id=caller.user_id,
         )
     )
     return TaskOut.model_validate(record)
 
 
-@router.get("", response_model=TaskPage)
+@router.get(
+    "",
+    response_model=TaskPage,
+    responses={
+        403: {"model": ErrorOut, "description": "user_id of another user, without an operator key"}
+    },
+)
 def list_tasks(
+    request: Request,
     runtime: RuntimeDep,
+    caller: CallerDep,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    tool_id: Annotated[str | None, Query(max_length=128)] = None,
+    tool_id: Annotated[str | None, Query(max_length=128, pattern=NO_CONTROL_CHARACTERS)] = None,
     backend: BackendName | None = None,
+    user_id: Annotated[
+        str | None,
+        Query(pattern=USER_ID_PATTERN, description="Another user's tasks: operators only"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TaskPage:
-    """Tasks, newest first, narrowed by status, tool and backend."""
-    where = TaskFilter(status=status_, tool_id=tool_id, backend=backend)
+    """The caller's tasks (an operator's: everyone's), newest first, narrowed by the filters."""
+    if not caller.is_operator:
+        if user_id not in (None, caller.user_id):
+            log_denied(request, caller, status_code=403, reason="listing another user's tasks")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, "only an operator key may list another user's tasks"
+            )
+        user_id = caller.user_id
+    where = TaskFilter(status=status_, tool_id=tool_id, backend=backend, user_id=user_id)
     records = runtime.store.find(where, limit=limit, offset=offset)
     return TaskPage(items=[TaskOut.model_validate(r) for r in records], limit=limit, offset=offset)
 
 
-@router.get("/{task_id}", response_model=TaskOut, responses={404: {"model": ErrorOut}})
-def get_task(task_id: str, runtime: RuntimeDep) -> TaskOut:
+@router.get("/{task_id}", response_model=TaskOut, responses=NOT_FOUND)
+def get_task(task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep) -> TaskOut:
     """One task's status, progress and result."""
-    record = runtime.store.get(task_id)
-    if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
-    return TaskOut.model_validate(record)
+    return TaskOut.model_validate(_visible_task(task_id, request, runtime, caller))
 
 
-@router.get(
-    "/{task_id}/events", response_model=list[TaskEventOut], responses={404: {"model": ErrorOut}}
-)
-def get_task_events(task_id: str, runtime: RuntimeDep) -> list[TaskEventOut]:
+@router.get("/{task_id}/events", response_model=list[TaskEventOut], responses=NOT_FOUND)
+def get_task_events(
+    task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep
+) -> list[TaskEventOut]:
     """Every status change and progress step of the task, oldest first."""
-    if runtime.store.get(task_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
+    _visible_task(task_id, request, runtime, caller)
     return [TaskEventOut.model_validate(e) for e in runtime.store.events(task_id)]
 
 
 @router.post(
     "/{task_id}/cancel",
     response_model=TaskOut,
-    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The task has started"}},
 )
-def cancel_task(task_id: str, runtime: RuntimeDep) -> TaskOut:
+def cancel_task(
+    task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep
+) -> TaskOut:
     """Cancel a task that has not started; a running or finished task is left alone (409)."""
-    cancelled = runtime.store.cancel(task_id, reason="cancelled by request")
+    _visible_task(task_id, request, runtime, caller)
+    cancelled = runtime.store.cancel(task_id, reason=f"cancelled by {caller.user_id}")
     if cancelled is not None:
         return TaskOut.model_validate(cancelled)
     current = runtime.store.get(task_id)
-    if current is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
+    assert current is not None, "tasks are never deleted"
     raise HTTPException(
         status.HTTP_409_CONFLICT,
         f"task {task_id} is {current.status}; only a task not yet started can be cancelled",
     )
+
+
+def _visible_task(task_id: str, request: Request, runtime: Runtime, caller: Caller) -> TaskRecord:
+    # Another user's task answers exactly like a missing one: its existence is not disclosed.
+    record = runtime.store.get(task_id)
+    if record is not None and (caller.is_operator or record.user_id == caller.user_id):
+        return record
+    if record is not None:
+        log_denied(request, caller, status_code=404, reason="another user's task")
+    raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")

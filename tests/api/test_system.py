@@ -7,13 +7,13 @@ from contextlib import contextmanager
 
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.runtime import Runtime
 from backends.base import BackendHealth, TaskBackend
 from backends.testing import InlineBackend, RecordingBackend
 from execution.executor import TaskExecutor
 from execution.settings import Settings
 from execution.tools.registry import ToolRegistry
+from tests.helpers import operator_client
 
 
 class UnhealthyBackend(RecordingBackend):
@@ -28,7 +28,7 @@ def _serving(
     settings: Settings, registry: ToolRegistry, backends: dict[str, TaskBackend]
 ) -> Iterator[TestClient]:
     runtime = Runtime.build(settings, backends=backends, registry=registry)
-    with TestClient(create_app(runtime)) as client:
+    with operator_client(runtime) as client:
         yield client
 
 

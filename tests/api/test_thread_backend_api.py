@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.runtime import Runtime
 from execution.settings import Settings
 from execution.tools.registry import ToolRegistry
-from tests.helpers import wait_until
+from tests.helpers import operator_client, wait_until
 from tests.tools import Gate
 
 CSV = "city,population,founded\n" + "Lyon,522250,-43\nNantes,320732,\nLille,236234,640\n" * 5
@@ -25,7 +24,7 @@ def served(settings: Settings, registry: ToolRegistry) -> Iterator[TestClient]:
     small = settings.model_copy(update={"background_workers": 1, "background_queue_size": 1})
     runtime = Runtime.build(small, registry=registry)
     runtime.prepare_database()  # the embedded database migrates itself on start
-    with TestClient(create_app(runtime)) as client:
+    with operator_client(runtime) as client:
         yield client
 
 

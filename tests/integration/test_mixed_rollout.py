@@ -8,14 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.runtime import Runtime
 from execution.settings import Settings
 from execution.status import TaskStatus
 from execution.store import TaskFilter
-from tests.helpers import wait_until
+from tests.helpers import operator_client, wait_until
 from tests.integration.servers import RedisServer
 from tests.integration.workers import WorkerProcess, start_worker
 
@@ -55,7 +53,7 @@ def test_half_of_a_thousand_tasks_run_on_each_backend_and_all_complete(
     runtime = Runtime.build(settings)
     runtime.prepare_database()
     started = time.perf_counter()
-    with TestClient(create_app(runtime)) as client:
+    with operator_client(runtime) as client:
         for _ in range(TASKS):
             response = client.post("/tasks", json={"tool_id": "noop"})
             assert response.status_code == 201, response.text

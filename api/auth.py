@@ -1,0 +1,115 @@
+"""Who is calling and what they may do: a bearer key becomes a Caller, or 401/403/429."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.deps import RuntimeDep
+from api.keys import ApiKey, Role
+
+log = structlog.get_logger(__name__)
+
+REALM = 'Bearer realm="switchyard"'
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    bearerFormat="sy_<key id>_<secret>",
+    description="An API key from `switchyard keys create`, sent as `Authorization: Bearer <key>`.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The key a request was authenticated with; routes record `user_id` as the author."""
+
+    key_id: str
+    user_id: str
+    role: Role
+
+    @property
+    def is_operator(self) -> bool:
+        """Operators see every task and may change the rollout."""
+        return self.role is Role.OPERATOR
+
+    @classmethod
+    def of(cls, key: ApiKey) -> Caller:
+        """The caller holding `key`."""
+        return cls(key_id=key.key_id, user_id=key.user_id, role=key.role)
+
+
+def log_denied(request: Request, caller: Caller | None, *, status_code: int, reason: str) -> None:
+    """The one log event of every refused request, whatever refused it."""
+    log.warning(
+        "auth.denied",
+        status=status_code,
+        reason=reason,
+        method=request.method,
+        path=request.url.path,
+        key_id=caller.key_id if caller else None,
+        user_id=caller.user_id if caller else None,
+        client=request.client.host if request.client else None,
+    )
+
+
+def authenticate(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """The caller whose active key is in the Authorization header; 401 otherwise."""
+    if credentials is None:
+        log_denied(request, None, status_code=401, reason="no bearer key")
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API key: send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": REALM},
+        )
+    key = runtime.keys.verify(credentials.credentials)
+    if key is None:
+        log_denied(request, None, status_code=401, reason="unknown, malformed or revoked key")
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid API key: unknown, malformed or revoked",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
+    return Caller.of(key)
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def require_operator(request: Request, caller: CallerDep) -> Caller:
+    """The caller if it holds an operator key; 403 (logged) otherwise."""
+    if not caller.is_operator:
+        log_denied(request, caller, status_code=403, reason="operator role required")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs an operator key")
+    return caller
+
+
+OperatorDep = Annotated[Caller, Depends(require_operator)]
+
+
+def limit_rollout_changes(request: Request, runtime: RuntimeDep, caller: OperatorDep) -> Caller:
+    """An operator within ROLLOUT_CHANGE_LIMIT changes per window; 429 with Retry-After else."""
+    wait = runtime.rollout_change_limiter.hit(caller.key_id)
+    if wait is not None:
+        log_denied(request, caller, status_code=429, reason="rollout change rate limit")
+        limiter = runtime.rollout_change_limiter
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"too many rollout changes with this key: at most {limiter.limit} "
+            f"per {limiter.window:g} s (ROLLOUT_CHANGE_LIMIT)",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return caller
+
+
+RolloutChangerDep = Annotated[Caller, Depends(limit_rollout_changes)]
+"""What a rollout-changing route takes: an operator key, rate-limited; record its `user_id`."""
