@@ -9,7 +9,9 @@ from fastapi.responses import JSONResponse
 from api.schemas import FieldErrorOut, ValidationErrorOut
 from backends.base import BackendUnavailable
 from dispatch.dispatcher import TaskRejected
+from dispatch.rollout_control import RolloutInvalid
 from execution.redaction import redact_text
+from execution.rollout_store import NothingToRestore, RolloutConflict
 from execution.tools.registry import InvalidPayload, UnknownTool
 
 # A body with ten thousand unknown fields gets a short answer, not ten thousand lines.
@@ -30,6 +32,24 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidPayload)
     async def invalid_payload(_: Request, exc: InvalidPayload) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(RolloutInvalid)
+    async def invalid_rollout(_: Request, exc: RolloutInvalid) -> JSONResponse:
+        where = ["header" if exc.field == "If-Match" else "body", *exc.field.split(".")]
+        body = ValidationErrorOut(
+            detail=str(exc), errors=[FieldErrorOut(loc=where, msg=str(exc), type="value_error")]
+        )
+        return JSONResponse(status_code=422, content=body.model_dump())
+
+    @app.exception_handler(RolloutConflict)
+    async def rollout_conflict(_: Request, exc: RolloutConflict) -> JSONResponse:
+        return JSONResponse(
+            status_code=409, content={"detail": str(exc)}, headers={"ETag": f'"{exc.current}"'}
+        )
+
+    @app.exception_handler(NothingToRestore)
+    async def nothing_to_restore(_: Request, exc: NothingToRestore) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     @app.exception_handler(BackendUnavailable)
     async def unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:

@@ -12,6 +12,7 @@ from api.ratelimit import SlidingWindowLimiter
 from backends.base import TaskBackend
 from backends.registry import build_backends
 from dispatch.dispatcher import Dispatcher
+from dispatch.rollout_control import RolloutControl
 from execution import database
 from execution.executor import TaskExecutor
 from execution.rollout_store import RolloutStore
@@ -37,6 +38,7 @@ class Runtime:
     rollout_store: RolloutStore
     rollout: RolloutWatcher
     dispatcher: Dispatcher
+    rollout_control: RolloutControl
     keys: KeyStore
     rollout_change_limiter: SlidingWindowLimiter
 
@@ -74,6 +76,9 @@ class Runtime:
             rollout_store=rollout_store,
             rollout=rollout,
             dispatcher=dispatcher,
+            rollout_control=RolloutControl(
+                store=rollout_store, watcher=rollout, registry=executor.registry, tasks=store
+            ),
             keys=KeyStore(engine),
             rollout_change_limiter=SlidingWindowLimiter(
                 limit=settings.rollout_change_limit, window=settings.rollout_change_window_seconds

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.limits import check_storable_json
+from execution.rollout import Stickiness
 from execution.status import TaskStatus
 
 
@@ -83,13 +84,75 @@ class TaskEventOut(BaseModel):
     at: datetime
 
 
+class RestorePointOut(BaseModel):
+    """Where the last rollback found the rollout; `restore` returns to it."""
+
+    percentage: float
+    tool_overrides: dict[str, float]
+    stickiness: Stickiness
+
+
 class RolloutOut(BaseModel):
-    """The rollout in force for new tasks, and what it means."""
+    """The rollout in force for new tasks in this process, and what it means."""
 
     use_celery: bool
     percentage: float
     effective_percentage: float
+    tool_overrides: dict[str, float]
+    stickiness: Stickiness
+    version: int
+    updated_at: datetime | None
+    updated_by: str | None
+    restore_point: RestorePointOut | None
     explanation: str
+
+
+Share = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Reason = Annotated[str, Field(min_length=1, max_length=500, description="Why; kept in history")]
+
+
+class RolloutUpdate(Strict):
+    """PUT /rollout: the fields given replace the stored ones; `tool_overrides` as a whole."""
+
+    percentage: Share | None = None
+    tool_overrides: dict[Annotated[str, Field(min_length=1, max_length=128)], Share] | None = Field(
+        default=None, max_length=200
+    )
+    stickiness: Stickiness | None = None
+    reason: Reason
+
+
+class RolloutReason(Strict):
+    """POST /rollout/rollback and /rollout/restore."""
+
+    reason: Reason
+
+
+class RolloutEventOut(BaseModel):
+    """One accepted rollout change."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    version: int
+    action: str
+    actor: str
+    reason: str
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+    at: datetime
+
+
+class RolloutPreviewOut(BaseModel):
+    """What a percentage would move, before anyone sets it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    current_percentage: float
+    proposed_percentage: float
+    new_traffic_moving: float
+    direction: str
+    queued: dict[str, int]
+    queued_that_would_move: int
 
 
 class ToolOut(BaseModel):

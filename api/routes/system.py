@@ -1,4 +1,4 @@
-"""/rollout, /tools and /health: what this process will do with a new task, and whether it can.
+"""/tools and /health: what this process can run, and whether it can take work.
 
 /health answers without a key: load balancers and probes carry none, and it shows counts and
 states only, never a URL, a user or a task.
@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from api.auth import authenticate
 from api.deps import RuntimeDep
-from api.schemas import ErrorOut, HealthOut, RolloutOut, ToolOut
+from api.schemas import ErrorOut, HealthOut, ToolOut
 
 router = APIRouter(tags=["system"])
 
@@ -22,18 +22,6 @@ WITH_KEY: dict[str, Any] = {
     "dependencies": [Depends(authenticate)],
     "responses": {401: {"model": ErrorOut, "description": "No API key, or not a valid one"}},
 }
-
-
-@router.get("/rollout", response_model=RolloutOut, **WITH_KEY)
-def get_rollout(runtime: RuntimeDep) -> RolloutOut:
-    """The master switch, the percentage, and what they mean for a new task."""
-    policy = runtime.rollout.current()
-    return RolloutOut(
-        use_celery=policy.use_celery,
-        percentage=policy.percentage,
-        effective_percentage=policy.effective_percentage,
-        explanation=policy.describe(),
-    )
 
 
 @router.get("/tools", response_model=list[ToolOut], **WITH_KEY)

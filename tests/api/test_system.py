@@ -35,12 +35,16 @@ def _serving(
 def test_rollout_with_celery_off_explains_that_everything_runs_on_threads(
     client: TestClient,
 ) -> None:
-    assert client.get("/rollout").json() == {
+    response = client.get("/rollout")
+    body = response.json()
+    assert {k: body[k] for k in ("use_celery", "percentage", "effective_percentage")} == {
         "use_celery": False,
         "percentage": 0.0,
         "effective_percentage": 0.0,
-        "explanation": "USE_CELERY is false: every new task runs on the thread backend",
     }
+    assert body["explanation"] == "USE_CELERY is false: every new task runs on the thread backend"
+    assert response.headers["ETag"] == f'"{body["version"]}"'
+    assert (body["version"], body["updated_by"], body["restore_point"]) == (1, "environment", None)
 
 
 def test_rollout_shows_the_percentage_in_force(
