@@ -13,8 +13,10 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.bootstrap import KeyFileError, ensure_operator_key, read_key_file
+from api.bootstrap import KeyFileError, ensure_operator_key
+from api.cli_http import ApiKeyOption, UrlOption, api_client, call_api
 from api.cli_keys import keys_app
+from api.cli_rollout import rollout_app
 from api.console import err, fail, out, settings_or_exit
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging
@@ -30,19 +32,8 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(rollout_app, name="rollout")
 
-UrlOption = Annotated[
-    str, typer.Option("--url", envvar="SWITCHYARD_URL", help="Base URL of a running API.")
-]
-ApiKeyOption = Annotated[
-    str | None,
-    typer.Option(
-        "--api-key",
-        envvar="SWITCHYARD_API_KEY",
-        show_default=False,
-        help="API key [default: the one in OPERATOR_KEY_FILE, written by the first `serve`].",
-    ),
-]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
@@ -192,7 +183,7 @@ def submit(
     if priority is not None:
         request["priority"] = priority
     with api_client(url, api_key) as client:
-        task = _call(client, "POST", "/tasks", json=request)
+        task = call_api(client, "POST", "/tasks", json=request)
         out.print(f"task {task['task_id']} {task['status']} on {task['backend']}", highlight=False)
         if wait:
             task = _follow(client, task["task_id"])
@@ -209,39 +200,7 @@ def status(
 ) -> None:
     """Show a task's status, progress and result."""
     with api_client(url, api_key) as client:
-        _print_task(_call(client, "GET", f"/tasks/{task_id}"))
-
-
-def api_client(url: str, api_key: str | None) -> httpx.Client:
-    """A client sending `api_key`, else the key in OPERATOR_KEY_FILE; exits if there is none."""
-    if api_key is None:
-        path = settings_or_exit().operator_key_file
-        try:
-            api_key = read_key_file(path)
-        except KeyFileError as exc:
-            fail(str(exc))
-        if api_key is None:
-            fail(
-                f"no API key: pass --api-key or set SWITCHYARD_API_KEY (`switchyard keys create` "
-                f"makes one); the first `switchyard serve` also writes one to OPERATOR_KEY_FILE "
-                f"({path})"
-            )
-    headers = {"Authorization": f"Bearer {api_key.strip()}"}
-    return httpx.Client(base_url=url, timeout=10.0, headers=headers)
-
-
-def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the API at {client.base_url}: {exc}")
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        fail(f"{response.status_code}: {detail}")
-    return response.json()
+        _print_task(call_api(client, "GET", f"/tasks/{task_id}"))
 
 
 def _follow(client: httpx.Client, task_id: str) -> Any:
@@ -254,7 +213,7 @@ def _follow(client: httpx.Client, task_id: str) -> Any:
     with Progress(*columns, console=err, transient=True) as bar:
         handle = bar.add_task("queued", total=100)
         while True:
-            task = _call(client, "GET", f"/tasks/{task_id}")
+            task = call_api(client, "GET", f"/tasks/{task_id}")
             bar.update(
                 handle,
                 completed=task["progress"],

@@ -1,0 +1,177 @@
+"""`switchyard rollout ...`: the runbook's commands, through the API of a running service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from api.cli_http import ApiKeyOption, UrlOption, api_client, call_api
+from api.console import fail, out
+
+rollout_app = typer.Typer(
+    help="Where new tasks run: status, set, rollback, restore, history, preview.",
+    no_args_is_help=True,
+)
+
+ReasonOption = Annotated[
+    str, typer.Option("--reason", help="Why; recorded in the rollout history.", show_default=False)
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@rollout_app.command("status")
+def status(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
+    """The rollout this API process routes by."""
+    with api_client(url, api_key) as client:
+        _print_rollout(call_api(client, "GET", "/rollout"))
+
+
+@rollout_app.command("set")
+def set_(
+    percentage: Annotated[
+        float, typer.Argument(min=0, max=100, help="Share of new tasks for Celery, 0-100.")
+    ],
+    reason: ReasonOption,
+    tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TOOL=PERCENT override for one tool (repeatable; merged with the "
+            "overrides in force)."
+        ),
+    ] = None,
+    clear_overrides: Annotated[
+        bool, typer.Option(help="Drop every per-tool override first.")
+    ] = False,
+    stickiness: Annotated[
+        str | None, typer.Option(help="Bucket on task_id (default) or user_id.")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Set the percentage (and overrides), guarded by the version just read."""
+    with api_client(url, api_key) as client:
+        current = call_api(client, "GET", "/rollout")
+        overrides: dict[str, float] = {} if clear_overrides else dict(current["tool_overrides"])
+        overrides.update(_parse_overrides(tool or []))
+        body: dict[str, Any] = {
+            "percentage": percentage,
+            "tool_overrides": overrides,
+            "reason": reason,
+        }
+        if stickiness is not None:
+            body["stickiness"] = stickiness
+        changed = call_api(
+            client,
+            "PUT",
+            "/rollout",
+            json=body,
+            headers={"If-Match": f'"{current["version"]}"'},
+        )
+        _print_rollout(changed)
+
+
+@rollout_app.command("rollback")
+def rollback(
+    reason: ReasonOption, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None
+) -> None:
+    """Every new task to threads at once; `restore` returns to the routing replaced."""
+    with api_client(url, api_key) as client:
+        _print_rollout(call_api(client, "POST", "/rollout/rollback", json={"reason": reason}))
+
+
+@rollout_app.command("restore")
+def restore(
+    reason: Annotated[str, typer.Option(help="Why; recorded in the rollout history.")] = (
+        "restore after rollback"
+    ),
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Return to where the last rollback found the rollout."""
+    with api_client(url, api_key) as client:
+        _print_rollout(call_api(client, "POST", "/rollout/restore", json={"reason": reason}))
+
+
+@rollout_app.command("history")
+def history(
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many changes.")] = 20,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Every accepted change, newest first, with author and reason."""
+    with api_client(url, api_key) as client:
+        events = call_api(client, "GET", "/rollout/history", params={"limit": limit})
+    table = Table("version", "at (UTC)", "action", "by", "from", "to", "reason")
+    for event in events:
+        table.add_row(
+            str(event["version"]),
+            event["at"][:19].replace("T", " "),
+            event["action"],
+            event["actor"],
+            _routing(event["before"]),
+            _routing(event["after"]),
+            event["reason"],
+        )
+    out.print(table)
+
+
+@rollout_app.command("preview")
+def preview(
+    percentage: Annotated[float, typer.Argument(min=0, max=100, help="The percentage to try.")],
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """How much new traffic, and how many QUEUED tasks, a percentage would move."""
+    with api_client(url, api_key) as client:
+        seen = call_api(client, "GET", "/rollout/preview", params={"percentage": percentage})
+    table = Table(show_header=False)
+    table.add_row("now", f"{seen['current_percentage']:g}%")
+    table.add_row("proposed", f"{seen['proposed_percentage']:g}%")
+    table.add_row(
+        "new traffic moving", f"{seen['new_traffic_moving']:g} points {seen['direction']}"
+    )
+    table.add_row("queued now", ", ".join(f"{k}: {v}" for k, v in seen["queued"].items()) or "none")
+    table.add_row("queued tasks handed back to threads", str(seen["queued_that_would_move"]))
+    out.print(table)
+
+
+def _parse_overrides(pairs: list[str]) -> dict[str, float]:
+    parsed: dict[str, float] = {}
+    for pair in pairs:
+        tool_id, sep, value = pair.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = float("nan")
+        if not sep or not tool_id or not 0 <= share <= 100:
+            fail(f"--tool: {pair!r} is not TOOL=PERCENT with PERCENT in 0-100")
+        parsed[tool_id] = share
+    return parsed
+
+
+def _routing(routing: dict[str, Any] | None) -> str:
+    if routing is None:
+        return "-"
+    text = f"{routing['percentage']:g}%"
+    if routing.get("tool_overrides"):
+        text += " " + ",".join(f"{k}={v:g}%" for k, v in routing["tool_overrides"].items())
+    if routing.get("stickiness") == "user_id":
+        text += " by user"
+    return text
+
+
+def _print_rollout(rollout: dict[str, Any]) -> None:
+    table = Table(show_header=False)
+    table.add_row("USE_CELERY (this API process)", str(rollout["use_celery"]).lower())
+    table.add_row("percentage", f"{rollout['percentage']:g}%")
+    overrides = rollout["tool_overrides"]
+    table.add_row("tool overrides", ", ".join(f"{k}={v:g}%" for k, v in overrides.items()) or "-")
+    table.add_row("stickiness", rollout["stickiness"])
+    table.add_row("version", str(rollout["version"]))
+    table.add_row("changed by", f"{rollout['updated_by']} at {rollout['updated_at']}")
+    if rollout["restore_point"]:
+        table.add_row("restore point", _routing(rollout["restore_point"]))
+    table.add_row("meaning", rollout["explanation"])
+    out.print(table)
