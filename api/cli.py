@@ -203,6 +203,46 @@ def status(
         _print_task(call_api(client, "GET", f"/tasks/{task_id}"))
 
 
+@app.command("tasks")
+def list_tasks(
+    status: Annotated[str | None, typer.Option(help="Only this status, e.g. QUEUED.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Only thread or celery.")] = None,
+    tool: Annotated[str | None, typer.Option(help="Only this tool id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 500,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for queued and running tasks to end.")
+    ] = 0,
+    require_completed: Annotated[
+        bool, typer.Option(help="Exit 1 unless every listed task is COMPLETED (a drill's check).")
+    ] = False,
+    url: UrlOption = "http://127.0.0.1:8000",
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Count tasks by status and backend, newest first."""
+    params = {"limit": limit, "status": status, "backend": backend, "tool_id": tool}
+    deadline = time.monotonic() + wait
+    with api_client(url, api_key) as client:
+        while True:
+            items = call_api(
+                client, "GET", "/tasks", params={k: v for k, v in params.items() if v is not None}
+            )["items"]
+            pending = [t for t in items if t["status"] in ("QUEUED", "PROCESSING")]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    counts: dict[tuple[str, str], int] = {}
+    for task in items:
+        key = (task["status"], task["backend"] or "-")
+        counts[key] = counts.get(key, 0) + 1
+    table = Table("status", "backend", "tasks")
+    for (state, where), count in sorted(counts.items()):
+        table.add_row(state, where, str(count))
+    out.print(table)
+    unfinished = sum(n for (state, _), n in counts.items() if state != "COMPLETED")
+    if require_completed and unfinished:
+        fail(f"{unfinished} of {len(items)} tasks did not complete", code=1)
+
+
 def _follow(client: httpx.Client, task_id: str) -> Any:
     columns = (
         TextColumn("{task.description}"),
