@@ -147,7 +147,9 @@ class ThreadPoolBackend(TaskBackend):
                 self._running += 1
             try:
                 self._executor.run(task_id)
-            except Exception:  # the executor records tool errors; this is a store outage
+            except BaseException:
+                # The executor records tool errors; what reaches here is a store outage or a
+                # SystemExit from a tool. The pool keeps its size either way.
                 log.exception("backend.run_failed", backend=self.name, task_id=task_id)
             finally:
                 with self._lock:

@@ -23,6 +23,12 @@ class ChattyPayload(BaseModel):
     message: str | None = "working"
 
 
+@tool("exits")
+def exits(ctx: ToolContext) -> dict[str, Any]:
+    """Call sys.exit, as a tool wrapping an argparse-style CLI might."""
+    raise SystemExit(2)
+
+
 @tool("echo")
 def echo(ctx: ToolContext) -> dict[str, Any]:
     """Return what the tool was given."""

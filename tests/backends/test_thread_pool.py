@@ -65,6 +65,19 @@ def test_a_failing_tool_does_not_cost_the_pool_a_worker(
     assert backend.health().detail["alive"] == 1
 
 
+def test_a_tool_calling_sys_exit_does_not_cost_the_pool_a_worker(
+    thread_backends: ThreadBackendFactory, store: TaskStore
+) -> None:
+    backend = thread_backends(workers=1)
+    exiting, after = queued_task(store, tool_id="exits"), queued_task(store, tool_id="noop")
+
+    backend.submit(exiting)
+    backend.submit(after)
+
+    _wait_for(store, [after], TaskStatus.COMPLETED)
+    assert backend.health().detail["alive"] == 1
+
+
 def test_the_highest_priority_runs_first_then_first_come_first_served(
     thread_backends: ThreadBackendFactory, store: TaskStore, gate: Gate
 ) -> None:
