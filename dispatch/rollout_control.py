@@ -9,7 +9,7 @@ from typing import Any
 
 from dispatch.bucketing import BUCKETS, threshold
 from execution.rollout import RolloutAction, RolloutEvent, RolloutState, Stickiness
-from execution.rollout_store import NothingToRestore, RolloutStore
+from execution.rollout_store import NothingToRestore, RolloutStore, Transform
 from execution.rollout_watch import RolloutWatcher
 from execution.status import BackendName
 from execution.store import TaskStore
@@ -93,15 +93,7 @@ class RolloutControl:
             )
             return target, None  # a deliberate setting replaces any pending restore point
 
-        return self._adopt(
-            self._store.change(
-                apply,
-                action=RolloutAction.SET,
-                actor=actor,
-                reason=reason,
-                expected_version=expected_version,
-            )
-        )
+        return self._apply(apply, RolloutAction.SET, actor, reason, expected_version)
 
     def rollback(self, *, actor: str, reason: str) -> RolloutState:
         """Everything to threads at once; remember where it was for `restore`."""
@@ -109,22 +101,11 @@ class RolloutControl:
 
         def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
             already_back = current.percentage == 0 and not any(current.tool_overrides.values())
-            memory = (
-                current.restore_point
-                if already_back and current.restore_point
-                else (current.routing())
-            )
+            keep = already_back and current.restore_point is not None
+            memory = current.restore_point if keep else current.routing()
             return replace(current, percentage=0.0, tool_overrides={}), memory
 
-        return self._adopt(
-            self._store.change(
-                apply,
-                action=RolloutAction.ROLLBACK,
-                actor=actor,
-                reason=reason,
-                expected_version=None,
-            )
-        )
+        return self._apply(apply, RolloutAction.ROLLBACK, actor, reason, None)
 
     def restore(self, *, actor: str, reason: str) -> RolloutState:
         """Return to where the last rollback found the rollout."""
@@ -135,15 +116,7 @@ class RolloutControl:
                 raise NothingToRestore("no rollback to restore from: the rollout is as it was set")
             return current.with_routing(current.restore_point), None
 
-        return self._adopt(
-            self._store.change(
-                apply,
-                action=RolloutAction.RESTORE,
-                actor=actor,
-                reason=reason,
-                expected_version=None,
-            )
-        )
+        return self._apply(apply, RolloutAction.RESTORE, actor, reason, None)
 
     def history(self, *, limit: int, offset: int) -> list[RolloutEvent]:
         """Accepted changes, newest first."""
@@ -179,7 +152,17 @@ class RolloutControl:
             queued_that_would_move=would_move,
         )
 
-    def _adopt(self, state: RolloutState) -> RolloutState:
+    def _apply(
+        self,
+        transform: Transform,
+        action: RolloutAction,
+        actor: str,
+        reason: str,
+        expected_version: int | None,
+    ) -> RolloutState:
+        state = self._store.change(
+            transform, action=action, actor=actor, reason=reason, expected_version=expected_version
+        )
         self._watcher.adopt(state)  # this process routes by it at once, not at the next poll
         return state
 
