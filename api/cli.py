@@ -60,7 +60,7 @@ def serve(
         fail(str(exc))
     except Exception as exc:  # a database that cannot be reached, say
         fail(f"cannot start: {type(exc).__name__}: {exc}")
-    err.print(startup_banner(settings, runtime.registry), highlight=False)
+    err.print(startup_banner(settings, runtime.registry), highlight=False, soft_wrap=True)
     if first_key is not None:
         err.print(
             "No API key existed, so an operator key was created. It is shown this once and kept "
