@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from execution.models import TaskEventRow, TaskRow
 from execution.records import TaskEvent, TaskRecord
@@ -15,6 +29,64 @@ from execution.status import TaskStatus
 
 _TASKS = cast(Table, TaskRow.__table__)
 _EVENTS = cast(Table, TaskEventRow.__table__)
+
+# The hot statements are built once, with bound parameters: building and hashing a statement
+# costs SQLAlchemy several times what SQLite needs to run it, and every task makes four writes.
+_CREATE_COLUMNS = (
+    "task_id",
+    "user_id",
+    "tool_id",
+    "status",
+    "progress",
+    "message",
+    "priority",
+    "payload",
+    "attempts",
+    "created_at",
+    "updated_at",
+)
+
+
+def _binds(table: Table, names: Iterable[str], prefix: str = "") -> dict[str, Any]:
+    return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
+
+
+_INSERT_TASK = insert(_TASKS).values(_binds(_TASKS, _CREATE_COLUMNS)).returning(*_TASKS.c)
+_NEXT_SEQ = (
+    select(func.coalesce(func.max(_EVENTS.c.seq), 0) + 1)
+    .where(_EVENTS.c.task_id == bindparam("task_id"))
+    .scalar_subquery()
+)
+_INSERT_EVENT = insert(_EVENTS).values(
+    {**_binds(_EVENTS, ("task_id", "status", "progress", "message", "at")), "seq": _NEXT_SEQ}
+)
+_SELECT_TASK = select(_TASKS).where(_TASKS.c.task_id == bindparam("task_id"))
+
+
+class _AddOne:
+    """A transition value meaning "this column plus one", computed by the UPDATE itself."""
+
+
+_ADD_ONE = _AddOne()
+
+
+@functools.cache  # one statement per shape of transition: a handful, fixed by the code
+def _update_statement(
+    from_statuses: tuple[TaskStatus, ...],
+    set_columns: tuple[str, ...],
+    add_one: tuple[str, ...],
+    only_backend: bool,
+) -> Update:
+    """UPDATE tasks SET <column> = :set_<column> ... WHERE the row may move, RETURNING it."""
+    where = [
+        _TASKS.c.task_id == bindparam("where_task_id"),
+        or_(*(_TASKS.c.status == status for status in from_statuses)),
+    ]
+    if only_backend:
+        where.append(_TASKS.c.backend == bindparam("where_backend"))
+    values = _binds(_TASKS, set_columns, prefix="set_")
+    values.update({name: _TASKS.c[name] + 1 for name in add_one})
+    return update(_TASKS).where(*where).values(values).returning(*_TASKS.c)
 
 
 def utcnow() -> datetime:
@@ -37,6 +109,12 @@ class TaskStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # SQLite lets one writer in at a time and makes the others poll, sleeping 1 ms or more
+        # between tries; threads of this process take turns on a lock instead, which hands the
+        # database over at once. Other processes still meet SQLite's own wait.
+        self._write_turn: AbstractContextManager[Any] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -45,23 +123,22 @@ class TaskStore:
     ) -> TaskRecord:
         """Insert a CREATED row."""
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._write_turn, self.engine.begin() as conn:
             row = conn.execute(
-                insert(_TASKS)
-                .values(
-                    task_id=task_id,
-                    user_id=user_id,
-                    tool_id=tool_id,
-                    status=TaskStatus.CREATED,
-                    progress=0,
-                    message="created",
-                    priority=priority,
-                    payload=payload,
-                    attempts=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(_TASKS)
+                _INSERT_TASK,
+                {
+                    "task_id": task_id,
+                    "user_id": user_id,
+                    "tool_id": tool_id,
+                    "status": TaskStatus.CREATED,
+                    "progress": 0,
+                    "message": "created",
+                    "priority": priority,
+                    "payload": payload,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             ).one()
             self._append_event(conn, task_id, TaskStatus.CREATED, 0, "created", now)
         return TaskRecord.from_row(row._mapping)
@@ -97,7 +174,7 @@ class TaskStore:
             from_statuses=(TaskStatus.QUEUED,),
             to_status=TaskStatus.PROCESSING,
             message="started",
-            values={"attempts": _TASKS.c.attempts + 1, "progress": 0},
+            values={"attempts": _ADD_ONE, "progress": 0},
             stamp="processing_started_at",
         )
 
@@ -164,7 +241,7 @@ class TaskStore:
     def get(self, task_id: str) -> TaskRecord | None:
         """The task, or None."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(_TASKS).where(_TASKS.c.task_id == task_id)).one_or_none()
+            row = conn.execute(_SELECT_TASK, {"task_id": task_id}).one_or_none()
         return TaskRecord.from_row(row._mapping) if row is not None else None
 
     def find(self, where: TaskFilter, *, limit: int, offset: int) -> list[TaskRecord]:
@@ -249,13 +326,17 @@ class TaskStore:
         changes = dict(values, status=to_status, message=message, updated_at=now)
         if stamp is not None:
             changes[stamp] = now
-        where = [_TASKS.c.task_id == task_id, _TASKS.c.status.in_(list(from_statuses))]
+        add_one = tuple(sorted(name for name, value in changes.items() if value is _ADD_ONE))
+        set_columns = tuple(sorted(name for name in changes if name not in add_one))
+        statement = _update_statement(
+            tuple(from_statuses), set_columns, add_one, only_backend is not None
+        )
+        params = {f"set_{name}": changes[name] for name in set_columns}
+        params["where_task_id"] = task_id
         if only_backend is not None:
-            where.append(_TASKS.c.backend == only_backend)
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                update(_TASKS).where(*where).values(changes).returning(_TASKS)
-            ).one_or_none()
+            params["where_backend"] = only_backend
+        with self._write_turn, self.engine.begin() as conn:
+            row = conn.execute(statement, params).one_or_none()
             if row is None:
                 return None
             record = TaskRecord.from_row(row._mapping)
@@ -271,18 +352,13 @@ class TaskStore:
         message: str | None,
         at: datetime,
     ) -> None:
-        next_seq = (
-            select(func.coalesce(func.max(_EVENTS.c.seq), 0) + 1)
-            .where(_EVENTS.c.task_id == task_id)
-            .scalar_subquery()
-        )
         conn.execute(
-            insert(_EVENTS).values(
-                task_id=task_id,
-                seq=next_seq,
-                status=status,
-                progress=progress,
-                message=message,
-                at=at,
-            )
+            _INSERT_EVENT,
+            {
+                "task_id": task_id,
+                "status": status,
+                "progress": progress,
+                "message": message,
+                "at": at,
+            },
         )
