@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test services lint typecheck unit clean
+.PHONY: run test services lint typecheck unit clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test: $(STAMP) services lint typecheck
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m 'not integration' $(PYTEST_ARGS)
+
+# Side-by-side benchmarks (README, Performance): starts its own redis-server, workers and API
+# servers on loopback ports and prints one table. BENCH_ARGS=--quick for a tiny run, --full for
+# 100,000 tasks through a worker.
+bench: $(STAMP) services
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,32 @@
+"""`python -m benchmarks --quick` runs end to end and prints its table; no figure is checked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.workers import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+QUICK_RUN_SECONDS = 110
+ROWS = ("floor", "Routing decision", "Thread backend", "Celery backend", "POST /tasks", "RSS")
+
+
+def test_the_benchmark_command_runs_on_tiny_sizes_and_prints_every_comparison() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=QUICK_RUN_SECONDS,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Switchyard benchmarks" in done.stdout
+    missing = [row for row in ROWS if row not in done.stdout]
+    assert not missing, f"rows missing from the table: {missing}\n{done.stdout}"
+    assert "machine:" in done.stdout
+    assert "date:" in done.stdout
