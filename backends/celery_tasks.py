@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import setup_logging
 
 from backends.celery_app import RUN_TASK, make_celery_app
@@ -53,7 +54,9 @@ class WorkerServices:
 
 def build_worker_services(settings: Settings, registry: ToolRegistry) -> WorkerServices:
     """Executor and rollout watcher on DATABASE_URL, for one worker process."""
-    executor = build_executor(settings, registry=registry)
+    executor = build_executor(
+        settings, registry=registry, soft_limit_errors=(SoftTimeLimitExceeded,)
+    )
     # Workers honour the stored rollout only: USE_CELERY is the switch of the processes that
     # create tasks, and a worker without it set must not hand every task back.
     rollout = RolloutWatcher(

@@ -42,6 +42,9 @@ class ExecutorLimits:
     """Limits that apply when the tool does not set its own."""
 
     soft_time_limit: float | None = None
+    soft_limit_errors: tuple[type[BaseException], ...] = ()
+    """What a backend raises inside a tool when the soft limit passes (Celery's own exception);
+    recorded exactly as the executor's own, so rows match across backends."""
     progress_min_interval: float = 0.5
     """Seconds between two writes that change only the message, not the whole percent."""
 
@@ -61,6 +64,10 @@ class TaskExecutor:
         self.registry = registry
         self.data_dir = data_dir
         self.limits = limits or ExecutorLimits()
+        self._soft_limit_errors: tuple[type[BaseException], ...] = (
+            SoftTimeLimitExceeded,
+            *self.limits.soft_limit_errors,
+        )
 
     def run(self, task_id: str) -> RunOutcome:
         """Run the task once if it is QUEUED; a second copy of the same task does nothing."""
@@ -117,6 +124,10 @@ class TaskExecutor:
         except TaskNoLongerRunning:
             bound.info("task.abandoned")
             return RunOutcome.NOT_CLAIMED
+        except self._soft_limit_errors:
+            limit = f"{soft_limit:g}s " if soft_limit else ""
+            message = f"soft time limit {limit}exceeded"
+            return self._fail(record, SoftTimeLimitExceeded.__name__, message, bound)
         except Exception as exc:
             bound.error("task.tool_raised", exc_info=True)
             return self._fail(record, type(exc).__name__, str(exc), bound)

@@ -38,6 +38,7 @@ TIMESTAMPS = (
 )
 BACKEND_SPECIFIC = ("task_id", "backend", "celery_task_id", "rollout_bucket", "rollout_percentage")
 WAIT_SECONDS = 60.0
+TOOLS = "execution.tools.builtin,tests.integration.limited_tools"
 
 
 @dataclass
@@ -76,6 +77,7 @@ def pair(
         "background_workers": 1,
         "switchyard_data_dir": data_dir,
         "rollout_salt": "parity",
+        "switchyard_tools": TOOLS,
     }
     thread = Runtime.build(Settings(_env_file=None, use_celery=False, **common))
     celery = Runtime.build(
@@ -83,7 +85,12 @@ def pair(
     )
     database.upgrade(thread.engine)
     worker = start_worker(
-        env={"DATABASE_URL": url, "REDIS_URL": broker, "SWITCHYARD_DATA_DIR": str(data_dir)},
+        env={
+            "DATABASE_URL": url,
+            "REDIS_URL": broker,
+            "SWITCHYARD_DATA_DIR": str(data_dir),
+            "SWITCHYARD_TOOLS": TOOLS,
+        },
         broker_url=broker,
         hostname=f"parity-{request.param}@localhost",
         log_path=workdir / "worker.log",
@@ -226,6 +233,18 @@ def test_a_task_running_for_seconds_writes_identical_rows(pair: Pair) -> None:
     runs = run_on_both(pair, submitter("sleep", {"seconds": 3, "steps": 3}))
     assert runs["thread"] == runs["celery"]
     assert runs["thread"]["row"]["result"] == {"slept_seconds": 3.0}
+
+
+def test_a_tool_past_its_soft_time_limit_fails_the_same_way_on_both(pair: Pair) -> None:
+    # Celery interrupts the tool at the limit; threads stop it at its next progress call.
+    runs = run_on_both(pair, submitter("over-time", {}))
+    assert runs["thread"] == runs["celery"]
+    row = runs["thread"]["row"]
+    assert (row["status"], row["error_code"], row["error_message"]) == (
+        TaskStatus.FAILED,
+        "SoftTimeLimitExceeded",
+        "soft time limit 1s exceeded",
+    )
 
 
 def test_a_high_priority_task_overtakes_waiting_low_priority_ones(pair: Pair) -> None:

@@ -1,0 +1,18 @@
+"""Tools with their own time limits, loaded by the parity suite's API runtimes and worker alike."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from execution.tools.registry import ToolContext, tool
+
+SOFT_LIMIT = 1
+
+
+@tool("over-time", soft_time_limit=SOFT_LIMIT, time_limit=30)
+def over_time(ctx: ToolContext) -> dict[str, Any]:
+    """Sleep past the soft limit before reporting any progress."""
+    time.sleep(SOFT_LIMIT * 2.5)
+    ctx.progress(50, "halfway")
+    return {"ok": True}
