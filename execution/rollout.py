@@ -11,6 +11,16 @@ from typing import Any
 
 from execution.status import BackendName
 
+BUCKETS = 10_000
+"""0.01 % resolution: a percentage p covers buckets [0, p * 100)."""
+
+
+def cutoff(share: float) -> tuple[float, int]:
+    """A percentage and the number of buckets it covers (rounded to whole buckets)."""
+    if not 0 <= share <= 100:
+        raise ValueError(f"percentage {share} is outside 0-100")
+    return share, round(share * BUCKETS / 100)
+
 
 class Stickiness(StrEnum):
     """What the rollout bucket is computed from."""
@@ -50,8 +60,21 @@ class RolloutPolicy:
     stickiness: Stickiness = Stickiness.TASK_ID
     version: int = 0
 
+    _cutoffs: Mapping[str | None, tuple[float, int]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    """(share, buckets covered) per tool, and for None: computed once, read per decision."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "tool_overrides", _frozen(self.tool_overrides))
+        cutoffs: dict[str | None, tuple[float, int]] = {None: cutoff(self.effective_percentage)}
+        for tool_id in self.tool_overrides:
+            cutoffs[tool_id] = cutoff(self.share_for(tool_id))
+        object.__setattr__(self, "_cutoffs", cutoffs)
+
+    def cutoff_for(self, tool_id: str | None) -> tuple[float, int]:
+        """The share for a task of `tool_id`, and how many of the 10,000 buckets it covers."""
+        return self._cutoffs.get(tool_id) or self._cutoffs[None]
 
     @property
     def effective_percentage(self) -> float:
