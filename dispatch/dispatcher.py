@@ -72,21 +72,17 @@ class Dispatcher:
             )
         backend.check_capacity()
 
-        self.store.create(
+        queued = self.store.create_queued(
             task_id=task_id,
             user_id=request.user_id,
             tool_id=spec.tool_id,
             payload=payload,
             priority=priority,
-        )
-        queued = self.store.mark_queued(
-            task_id,
             backend=decision.backend,
             rollout_bucket=decision.bucket,
             rollout_percentage=decision.percentage,
             celery_task_id=backend.external_id(task_id),
         )
-        assert queued is not None, "a row created a moment ago must be CREATED"
         # Handed over only now, after the QUEUED row is committed: a worker that picks the
         # task up at once always finds it.
         try:

@@ -52,6 +52,15 @@ def _binds(table: Table, names: Iterable[str], prefix: str = "") -> dict[str, An
 
 
 _INSERT_TASK = insert(_TASKS).values(_binds(_TASKS, _CREATE_COLUMNS)).returning(*_TASKS.c)
+_ROUTED_COLUMNS = (
+    *_CREATE_COLUMNS,
+    "backend",
+    "celery_task_id",
+    "rollout_bucket",
+    "rollout_percentage",
+    "queued_at",
+)
+_INSERT_ROUTED_TASK = insert(_TASKS).values(_binds(_TASKS, _ROUTED_COLUMNS)).returning(*_TASKS.c)
 _NEXT_SEQ = (
     select(func.coalesce(func.max(_EVENTS.c.seq), 0) + 1)
     .where(_EVENTS.c.task_id == bindparam("task_id"))
@@ -141,6 +150,48 @@ class TaskStore:
                 },
             ).one()
             self._append_event(conn, task_id, TaskStatus.CREATED, 0, "created", now)
+        return TaskRecord.from_row(row._mapping)
+
+    def create_queued(
+        self,
+        *,
+        task_id: str,
+        user_id: str,
+        tool_id: str,
+        payload: Any,
+        priority: int,
+        backend: str,
+        rollout_bucket: int | None,
+        rollout_percentage: float | None,
+        celery_task_id: str | None = None,
+    ) -> TaskRecord:
+        """Insert a task its dispatcher already routed: CREATED then QUEUED in its history, in
+        one commit (the dispatcher's hot path; `create` + `mark_queued` write the same)."""
+        now = utcnow()
+        with self._write_turn, self.engine.begin() as conn:
+            row = conn.execute(
+                _INSERT_ROUTED_TASK,
+                {
+                    "task_id": task_id,
+                    "user_id": user_id,
+                    "tool_id": tool_id,
+                    "status": TaskStatus.QUEUED,
+                    "progress": 0,
+                    "message": "queued",
+                    "priority": priority,
+                    "payload": payload,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "backend": backend,
+                    "celery_task_id": celery_task_id,
+                    "rollout_bucket": rollout_bucket,
+                    "rollout_percentage": rollout_percentage,
+                    "queued_at": now,
+                },
+            ).one()
+            self._append_event(conn, task_id, TaskStatus.CREATED, 0, "created", now)
+            self._append_event(conn, task_id, TaskStatus.QUEUED, 0, "queued", now)
         return TaskRecord.from_row(row._mapping)
 
     def mark_queued(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -260,3 +261,33 @@ def test_queued_lists_only_queued_tasks_of_the_backend(store: TaskStore) -> None
     _new(store)
 
     assert store.queued(backend="thread") == [(low.task_id, 1), (high.task_id, 8)]
+
+
+def test_a_routed_task_is_written_in_one_go_with_the_same_history_as_two_steps(
+    store: TaskStore,
+) -> None:
+    routing: dict[str, Any] = {
+        "backend": "celery",
+        "rollout_bucket": 42,
+        "rollout_percentage": 50.0,
+    }
+    store.create(task_id="two-steps", user_id="u", tool_id="noop", payload={}, priority=3)
+    stepwise = store.mark_queued("two-steps", celery_task_id="c-1", **routing)
+    at_once = store.create_queued(
+        task_id="one-go",
+        user_id="u",
+        tool_id="noop",
+        payload={},
+        priority=3,
+        celery_task_id="c-1",
+        **routing,
+    )
+
+    assert stepwise is not None
+    ignore = {"task_id", "created_at", "queued_at", "updated_at"}
+    assert {k: v for k, v in asdict(at_once).items() if k not in ignore} == {
+        k: v for k, v in asdict(stepwise).items() if k not in ignore
+    }
+    assert [(e.seq, e.status, e.message) for e in store.events("one-go")] == [
+        (e.seq, e.status, e.message) for e in store.events("two-steps")
+    ]
