@@ -93,7 +93,9 @@ class Dispatcher:
                 "task.rejected", task_id=task_id, backend=decision.backend, reason=exc.reason
             )
             raise TaskRejected(task_id, exc) from exc
-        log.info(
+        # DEBUG: the row and its QUEUED event record the routing; a task's one INFO line is the
+        # executor's, saying how it ended (an INFO line costs about as much as a status write).
+        log.debug(
             "task.dispatched",
             task_id=task_id,
             tool_id=spec.tool_id,
