@@ -15,7 +15,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from benchmarks import api_load, celery_backends, floors, memory, routing, thread_backend
+from benchmarks import (
+    api_load,
+    celery_backends,
+    floors,
+    memory,
+    rollout_propagation,
+    routing,
+    thread_backend,
+)
 from benchmarks.context import BenchContext, Sizes
 from benchmarks.report import render
 from benchmarks.runner import Row
@@ -29,6 +37,7 @@ COMPARISONS: dict[str, Callable[[BenchContext], list[Row]]] = {
     "thread": thread_backend.run,
     "celery": celery_backends.run,
     "api": api_load.run,
+    "rollout": rollout_propagation.run,
     "memory": memory.run,
 }
 
