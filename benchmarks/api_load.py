@@ -34,7 +34,7 @@ def run(ctx: BenchContext) -> list[Row]:
     trivial_url = services.http_server(
         [sys.executable, "-m", "benchmarks.trivial_app"], name="api-trivial", env={}
     )
-    headers = _authorization(ctx.authorization, key_file)
+    headers = authorization_headers(ctx.authorization, key_file)
     bursts: dict[str, list[LoadResult]] = {"ours": [], "trivial": []}
 
     def load(name: str, url: str) -> Variant:
@@ -87,7 +87,7 @@ def run(ctx: BenchContext) -> list[Row]:
     return rows
 
 
-def _authorization(given: str | None, key_file: Path) -> dict[str, str]:
+def authorization_headers(given: str | None, key_file: Path) -> dict[str, str]:
     """The header to send: the one given, else the key an API with keys issued itself, if any.
 
     Both servers get the same headers, so the trivial endpoint parses what the real one does.

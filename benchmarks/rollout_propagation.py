@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from benchmarks.api_load import _authorization
+from benchmarks.api_load import authorization_headers
 from benchmarks.context import BenchContext, Sizes
 from benchmarks.runner import Row, Summary, Variant, alternate
 from execution.settings import Settings
@@ -71,7 +71,7 @@ def run(ctx: BenchContext) -> list[Row]:
         )
         for number in range(SERVERS)
     ]
-    headers = _authorization(ctx.authorization, key_file)
+    headers = authorization_headers(ctx.authorization, key_file)
     with httpx.Client(headers=headers, timeout=REQUEST_TIMEOUT) as client:
         writer, others = urls[0], urls[1:]
         interval = float(refresh)

@@ -12,7 +12,16 @@ from tests.integration.workers import REPO_ROOT
 pytestmark = pytest.mark.integration
 
 QUICK_RUN_SECONDS = 110
-ROWS = ("floor", "Routing decision", "Thread backend", "Celery backend", "POST /tasks", "RSS")
+ROWS = (
+    "floor",
+    "Routing decision",
+    "Thread backend",
+    "Celery backend",
+    "POST /tasks",
+    "Rollout change",
+    "Rollback",
+    "RSS",
+)
 
 
 def test_the_benchmark_command_runs_on_tiny_sizes_and_prints_every_comparison() -> None:
