@@ -2,100 +2,32 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
-    Table,
-    Update,
-    bindparam,
     func,
-    insert,
-    or_,
     select,
-    update,
 )
 
-from execution.models import TaskEventRow, TaskRow
 from execution.records import TaskEvent, TaskRecord
 from execution.status import TaskStatus
-
-_TASKS = cast(Table, TaskRow.__table__)
-_EVENTS = cast(Table, TaskEventRow.__table__)
-
-# The hot statements are built once, with bound parameters: building and hashing a statement
-# costs SQLAlchemy several times what SQLite needs to run it, and every task makes four writes.
-_CREATE_COLUMNS = (
-    "task_id",
-    "user_id",
-    "tool_id",
-    "status",
-    "progress",
-    "message",
-    "priority",
-    "payload",
-    "attempts",
-    "created_at",
-    "updated_at",
+from execution.task_statements import (
+    ADD_ONE,
+    EVENTS,
+    INSERT_EVENT,
+    INSERT_ROUTED_TASK,
+    INSERT_TASK,
+    SELECT_TASK,
+    TASKS,
+    update_statement,
 )
-
-
-def _binds(table: Table, names: Iterable[str], prefix: str = "") -> dict[str, Any]:
-    return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
-
-
-_INSERT_TASK = insert(_TASKS).values(_binds(_TASKS, _CREATE_COLUMNS)).returning(*_TASKS.c)
-_ROUTED_COLUMNS = (
-    *_CREATE_COLUMNS,
-    "backend",
-    "celery_task_id",
-    "rollout_bucket",
-    "rollout_percentage",
-    "queued_at",
-)
-_INSERT_ROUTED_TASK = insert(_TASKS).values(_binds(_TASKS, _ROUTED_COLUMNS)).returning(*_TASKS.c)
-_NEXT_SEQ = (
-    select(func.coalesce(func.max(_EVENTS.c.seq), 0) + 1)
-    .where(_EVENTS.c.task_id == bindparam("task_id"))
-    .scalar_subquery()
-)
-_INSERT_EVENT = insert(_EVENTS).values(
-    {**_binds(_EVENTS, ("task_id", "status", "progress", "message", "at")), "seq": _NEXT_SEQ}
-)
-_SELECT_TASK = select(_TASKS).where(_TASKS.c.task_id == bindparam("task_id"))
-
-
-class _AddOne:
-    """A transition value meaning "this column plus one", computed by the UPDATE itself."""
-
-
-_ADD_ONE = _AddOne()
-
-
-@functools.cache  # one statement per shape of transition: a handful, fixed by the code
-def _update_statement(
-    from_statuses: tuple[TaskStatus, ...],
-    set_columns: tuple[str, ...],
-    add_one: tuple[str, ...],
-    only_backend: bool,
-) -> Update:
-    """UPDATE tasks SET <column> = :set_<column> ... WHERE the row may move, RETURNING it."""
-    where = [
-        _TASKS.c.task_id == bindparam("where_task_id"),
-        or_(*(_TASKS.c.status == status for status in from_statuses)),
-    ]
-    if only_backend:
-        where.append(_TASKS.c.backend == bindparam("where_backend"))
-    values = _binds(_TASKS, set_columns, prefix="set_")
-    values.update({name: _TASKS.c[name] + 1 for name in add_one})
-    return update(_TASKS).where(*where).values(values).returning(*_TASKS.c)
 
 
 def utcnow() -> datetime:
@@ -134,7 +66,7 @@ class TaskStore:
         now = utcnow()
         with self._write_turn, self.engine.begin() as conn:
             row = conn.execute(
-                _INSERT_TASK,
+                INSERT_TASK,
                 {
                     "task_id": task_id,
                     "user_id": user_id,
@@ -170,7 +102,7 @@ class TaskStore:
         now = utcnow()
         with self._write_turn, self.engine.begin() as conn:
             row = conn.execute(
-                _INSERT_ROUTED_TASK,
+                INSERT_ROUTED_TASK,
                 {
                     "task_id": task_id,
                     "user_id": user_id,
@@ -225,7 +157,7 @@ class TaskStore:
             from_statuses=(TaskStatus.QUEUED,),
             to_status=TaskStatus.PROCESSING,
             message="started",
-            values={"attempts": _ADD_ONE, "progress": 0},
+            values={"attempts": ADD_ONE, "progress": 0},
             stamp="processing_started_at",
         )
 
@@ -292,21 +224,21 @@ class TaskStore:
     def get(self, task_id: str) -> TaskRecord | None:
         """The task, or None."""
         with self.engine.connect() as conn:
-            row = conn.execute(_SELECT_TASK, {"task_id": task_id}).one_or_none()
+            row = conn.execute(SELECT_TASK, {"task_id": task_id}).one_or_none()
         return TaskRecord.from_row(row._mapping) if row is not None else None
 
     def find(self, where: TaskFilter, *, limit: int, offset: int) -> list[TaskRecord]:
         """Newest first."""
-        query = select(_TASKS)
+        query = select(TASKS)
         for column, value in (
-            (_TASKS.c.status, where.status),
-            (_TASKS.c.tool_id, where.tool_id),
-            (_TASKS.c.backend, where.backend),
-            (_TASKS.c.user_id, where.user_id),
+            (TASKS.c.status, where.status),
+            (TASKS.c.tool_id, where.tool_id),
+            (TASKS.c.backend, where.backend),
+            (TASKS.c.user_id, where.user_id),
         ):
             if value is not None:
                 query = query.where(column == value)
-        query = query.order_by(_TASKS.c.created_at.desc(), _TASKS.c.task_id).limit(limit)
+        query = query.order_by(TASKS.c.created_at.desc(), TASKS.c.task_id).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query.offset(offset)).all()
         return [TaskRecord.from_row(row._mapping) for row in rows]
@@ -315,15 +247,15 @@ class TaskStore:
         """The task's history, oldest first."""
         query = (
             select(
-                _EVENTS.c.task_id,
-                _EVENTS.c.seq,
-                _EVENTS.c.status,
-                _EVENTS.c.progress,
-                _EVENTS.c.message,
-                _EVENTS.c.at,
+                EVENTS.c.task_id,
+                EVENTS.c.seq,
+                EVENTS.c.status,
+                EVENTS.c.progress,
+                EVENTS.c.message,
+                EVENTS.c.at,
             )
-            .where(_EVENTS.c.task_id == task_id)
-            .order_by(_EVENTS.c.seq)
+            .where(EVENTS.c.task_id == task_id)
+            .order_by(EVENTS.c.seq)
         )
         with self.engine.connect() as conn:
             return [TaskEvent.from_row(row._mapping) for row in conn.execute(query)]
@@ -337,22 +269,22 @@ class TaskStore:
         most likely about to run them).
         """
         query = (
-            select(_TASKS.c.task_id, _TASKS.c.priority)
-            .where(_TASKS.c.status == TaskStatus.QUEUED, _TASKS.c.backend == backend)
-            .order_by(_TASKS.c.created_at)
+            select(TASKS.c.task_id, TASKS.c.priority)
+            .where(TASKS.c.status == TaskStatus.QUEUED, TASKS.c.backend == backend)
+            .order_by(TASKS.c.created_at)
             .limit(limit)
         )
         if unchanged_for > 0:
-            query = query.where(_TASKS.c.updated_at <= utcnow() - timedelta(seconds=unchanged_for))
+            query = query.where(TASKS.c.updated_at <= utcnow() - timedelta(seconds=unchanged_for))
         with self.engine.connect() as conn:
             return [(row.task_id, row.priority) for row in conn.execute(query)]
 
     def queued_counts(self) -> dict[tuple[str, str], int]:
         """QUEUED tasks per (backend, tool_id)."""
         query = (
-            select(_TASKS.c.backend, _TASKS.c.tool_id, func.count())
-            .where(_TASKS.c.status == TaskStatus.QUEUED)
-            .group_by(_TASKS.c.backend, _TASKS.c.tool_id)
+            select(TASKS.c.backend, TASKS.c.tool_id, func.count())
+            .where(TASKS.c.status == TaskStatus.QUEUED)
+            .group_by(TASKS.c.backend, TASKS.c.tool_id)
         )
         with self.engine.connect() as conn:
             return {(str(b), str(t)): int(n) for b, t, n in conn.execute(query)}
@@ -377,9 +309,9 @@ class TaskStore:
         changes = dict(values, status=to_status, message=message, updated_at=now)
         if stamp is not None:
             changes[stamp] = now
-        add_one = tuple(sorted(name for name, value in changes.items() if value is _ADD_ONE))
+        add_one = tuple(sorted(name for name, value in changes.items() if value is ADD_ONE))
         set_columns = tuple(sorted(name for name in changes if name not in add_one))
-        statement = _update_statement(
+        statement = update_statement(
             tuple(from_statuses), set_columns, add_one, only_backend is not None
         )
         params = {f"set_{name}": changes[name] for name in set_columns}
@@ -404,7 +336,7 @@ class TaskStore:
         at: datetime,
     ) -> None:
         conn.execute(
-            _INSERT_EVENT,
+            INSERT_EVENT,
             {
                 "task_id": task_id,
                 "status": status,
