@@ -22,6 +22,7 @@ from execution import database
 from execution.records import TaskRecord
 from execution.settings import Settings
 from execution.status import TaskStatus
+from tests.helpers import wait_until
 from tests.integration.conftest import fresh_database_url
 from tests.integration.servers import RedisServer
 from tests.integration.workers import WorkerProcess, start_worker
@@ -107,24 +108,22 @@ def pair(
 
 def wait_terminal(runtime: Runtime, task_id: str) -> TaskRecord:
     """Poll the row until the task ends."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
+
+    def ended() -> TaskRecord | None:
         record = runtime.store.get(task_id)
-        if record is not None and record.status.is_terminal:
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f"task {task_id} did not finish: {runtime.store.get(task_id)}")
+        return record if record is not None and record.status.is_terminal else None
+
+    return wait_until(ended, what=f"task {task_id} to end", timeout=WAIT_SECONDS)
 
 
 def wait_status(runtime: Runtime, task_id: str, status: TaskStatus) -> None:
     """Poll the row until it reaches `status`."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
+
+    def reached() -> bool:
         record = runtime.store.get(task_id)
-        if record is not None and record.status == status:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"task {task_id} never reached {status}")
+        return record is not None and record.status == status
+
+    wait_until(reached, what=f"task {task_id} to be {status}", timeout=WAIT_SECONDS)
 
 
 def snapshot(runtime: Runtime, record: TaskRecord) -> dict[str, Any]:

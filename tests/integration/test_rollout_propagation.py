@@ -6,7 +6,6 @@ bound is a benchmark's business (`make bench`), not a test's."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,7 +25,12 @@ from execution.status import TaskStatus
 from execution.store import TaskFilter, TaskStore
 from tests.helpers import wait_until
 from tests.integration.servers import RedisServer, free_port
-from tests.integration.workers import REPO_ROOT, WorkerProcess, start_worker
+from tests.integration.workers import (
+    REPO_ROOT,
+    WorkerProcess,
+    start_worker,
+    stop_process_group,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -140,8 +144,7 @@ def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
     built.stop_worker()
     for api in apis:
         api.client.close()
-        os.killpg(api.process.pid, signal.SIGTERM)
-        api.process.wait(timeout=60)
+        stop_process_group(api.process, timeout=60)
     engine.dispose()
 
 

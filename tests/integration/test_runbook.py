@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from execution.status import TaskStatus
 from execution.store import TaskFilter
 from tests.helpers import wait_until
 from tests.integration.servers import RedisServer, free_port
-from tests.integration.workers import REPO_ROOT
+from tests.integration.workers import REPO_ROOT, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -94,24 +93,14 @@ class Operator:
     def stop_api(self) -> None:
         """SIGTERM the API and wait for its graceful shutdown."""
         if self.api is not None:
-            _stop(self.api)
+            stop_process_group(self.api, timeout=60)
             self.api = None
 
     def stop_all(self) -> None:
         """Stop everything this shell started."""
         self.stop_api()
         for worker in self.workers:
-            _stop(worker)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            stop_process_group(worker, timeout=60)
 
 
 @pytest.fixture

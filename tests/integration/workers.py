@@ -29,14 +29,20 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Warm shutdown (SIGTERM), then kill the whole process group if it lingers."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        """Warm shutdown, as for any process group started here."""
+        stop_process_group(self.process, timeout=timeout)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """SIGTERM a process started with start_new_session (a graceful shutdown), then SIGKILL
+    its whole group if it lingers past `timeout` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
 
 
 def start_worker(
