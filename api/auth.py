@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, HTTPException, Request, status
@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import RuntimeDep
 from api.keys import ApiKey, Role
+from api.schemas import ErrorOut
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +84,11 @@ def authenticate(
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No API key, or not a valid one"},
+}
+"""The OpenAPI declaration of what `authenticate` answers, for every route that needs a key."""
 
 
 def require_operator(request: Request, caller: CallerDep) -> Caller:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 
-from api.auth import CallerDep, OperatorDep, RolloutChangerDep
+from api.auth import UNAUTHORIZED, CallerDep, OperatorDep, RolloutChangerDep
 from api.deps import RuntimeDep
 from api.runtime import Runtime
 from api.schemas import (
@@ -23,7 +23,7 @@ from dispatch.rollout_control import RolloutChange, RolloutInvalid
 router = APIRouter(
     prefix="/rollout",
     tags=["rollout"],
-    responses={401: {"model": ErrorOut, "description": "No API key, or not a valid one"}},
+    responses=UNAUTHORIZED,
 )
 
 OPERATORS_ONLY: dict[int | str, dict[str, Any]] = {

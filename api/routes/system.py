@@ -12,15 +12,15 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.auth import authenticate
+from api.auth import UNAUTHORIZED, authenticate
 from api.deps import RuntimeDep
-from api.schemas import ErrorOut, HealthOut, ToolOut
+from api.schemas import HealthOut, ToolOut
 
 router = APIRouter(tags=["system"])
 
 WITH_KEY: dict[str, Any] = {
     "dependencies": [Depends(authenticate)],
-    "responses": {401: {"model": ErrorOut, "description": "No API key, or not a valid one"}},
+    "responses": UNAUTHORIZED,
 }
 
 

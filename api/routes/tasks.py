@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 
-from api.auth import Caller, CallerDep, log_denied
+from api.auth import UNAUTHORIZED, Caller, CallerDep, log_denied
 from api.deps import RuntimeDep
 from api.keys import USER_ID_PATTERN
 from api.runtime import Runtime
@@ -22,14 +22,11 @@ NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"  # PostgreSQL refuses NUL in text
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "No API key, or not a valid one"},
-}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "No such task, or not the caller's"}
 }
 
-router = APIRouter(prefix="/tasks", tags=["tasks"], responses=ERRORS)
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=UNAUTHORIZED)
 
 
 @router.post(
