@@ -7,7 +7,13 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
@@ -17,6 +23,9 @@ from api.runtime import Runtime
 from api.schemas import ValidationErrorOut
 
 log = structlog.get_logger(__name__)
+
+DOCS_ASSETS = "/docs-assets"
+"""Where /docs and /redoc load their scripts, styles and icon from: this app, never a CDN."""
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -36,6 +45,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         summary="Run background jobs on threads or Celery, moved over gradually and reversibly.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by install_offline_docs instead
+        redoc_url=None,
         dependencies=[Depends(reject_undeclared_query)],
         responses={
             422: {"model": ValidationErrorOut, "description": "The request does not fit the schema"}
@@ -57,4 +68,47 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(rollout.router)
     app.include_router(system.router)
+    install_offline_docs(app)
     return app
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with every asset served by the app, so they work offline.
+
+    FastAPI's recipe for self-hosted docs assets; the files come from the fastapi-offline
+    package, which ships Swagger UI and ReDoc builds.
+    """
+    app.mount(
+        DOCS_ASSETS,
+        StaticFiles(packages=[("fastapi_offline", "static")]),
+        name="docs-assets",
+    )
+    openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}{oauth2_redirect_url}",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get(oauth2_redirect_url, include_in_schema=False)
+    async def swagger_ui_oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
