@@ -8,103 +8,29 @@ as written; one holding `switchyard worker` starts a worker. Every other block r
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from api.runtime import Runtime
 from execution.settings import Settings
 from execution.status import TaskStatus
 from execution.store import TaskFilter
-from tests.helpers import wait_until
 from tests.integration.servers import RedisServer, free_port
-from tests.integration.workers import REPO_ROOT, stop_process_group
+from tests.integration.shell_blocks import Shell, commands, shell_blocks
+from tests.integration.workers import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 RUNBOOK = REPO_ROOT / "rollout.md"
 DOCUMENTED_URL = "http://127.0.0.1:8000"
-SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
-
-
-def runbook_blocks() -> list[str]:
-    """The runbook's shell blocks, in order."""
-    return [block.strip() for block in SH_BLOCK.findall(RUNBOOK.read_text())]
-
-
-@dataclass
-class Operator:
-    """An operator's shell: one working directory, one environment, the processes started."""
-
-    workdir: Path
-    env: dict[str, str]
-    url: str
-    api: subprocess.Popen[bytes] | None = None
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self, line: str, log_name: str) -> subprocess.Popen[bytes]:
-        """Start a long-running command as written, in its own process group."""
-        log = (self.workdir / log_name).open("ab")
-        return subprocess.Popen(
-            ["bash", "-c", line],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def serve(self, line: str) -> None:
-        """Restart the API as `line` says, and wait until it answers."""
-        self.stop_api()
-        self.api = self.start(line, "api.log")
-
-        def answers() -> bool:
-            try:
-                return httpx.get(f"{self.url}/health", timeout=1).status_code in (200, 503)
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, what=f"the API started by {line!r}", timeout=60)
-
-    def run(self, script: str) -> str:
-        """Run a block; fail the test with its output unless it exits 0."""
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=self.workdir,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, (
-            f"runbook block failed:\n{script}\n---\n{done.stdout}{done.stderr}"
-        )
-        return done.stdout
-
-    def stop_api(self) -> None:
-        """SIGTERM the API and wait for its graceful shutdown."""
-        if self.api is not None:
-            stop_process_group(self.api, timeout=60)
-            self.api = None
-
-    def stop_all(self) -> None:
-        """Stop everything this shell started."""
-        self.stop_api()
-        for worker in self.workers:
-            stop_process_group(worker, timeout=60)
 
 
 @pytest.fixture
-def operator(redis_server: RedisServer, tmp_path: Path) -> Iterator[Operator]:
+def operator(redis_server: RedisServer, tmp_path: Path) -> Iterator[Shell]:
     """A shell with switchyard on PATH, its own database, and Redis."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -120,21 +46,21 @@ def operator(redis_server: RedisServer, tmp_path: Path) -> Iterator[Operator]:
         "THREAD_SWEEP_SECONDS": "1",
     }
     env.pop("SWITCHYARD_API_KEY", None)
-    shell = Operator(workdir=tmp_path, env=env, url=url)
+    shell = Shell(workdir=tmp_path, env=env, url=url)
     yield shell
     shell.stop_all()
 
 
-def test_every_command_in_the_runbook_runs(operator: Operator) -> None:
-    blocks = runbook_blocks()
+def test_every_command_in_the_runbook_runs(operator: Shell) -> None:
+    blocks = shell_blocks(RUNBOOK)
     assert len(blocks) >= 10
     for block in blocks:
         script = block.replace(DOCUMENTED_URL, operator.url)
-        commands = [line for line in script.splitlines() if line and not line.startswith("#")]
-        if len(commands) == 1 and " ".join(shlex.split(commands[0])[-2:]) == "switchyard serve":
-            operator.serve(commands[0])
-        elif len(commands) == 1 and "switchyard worker" in commands[0]:
-            operator.workers.append(operator.start(commands[0], "worker.log"))
+        lines = commands(script)
+        if len(lines) == 1 and " ".join(shlex.split(lines[0])[-2:]) == "switchyard serve":
+            operator.serve(lines[0])
+        elif len(lines) == 1 and "switchyard worker" in lines[0]:
+            operator.start(lines[0], "worker.log")
         else:
             operator.run(script)
 
