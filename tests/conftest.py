@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -122,3 +125,22 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
     """An HTTP client of the app carrying an operator key; startup and shutdown run around it."""
     with operator_client(runtime) as client:
         yield client
+
+
+@pytest.fixture
+def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Let a test call configure_logging; the process's logging is put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    configure = structlog.configure
+
+    def configure_uncached(**settings: Any) -> None:
+        # A logger cached now would keep this test's processors for the rest of the run.
+        configure(**{**settings, "cache_logger_on_first_use": False})
+
+    monkeypatch.setattr(structlog, "configure", configure_uncached)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    configure(**config)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
@@ -123,22 +121,3 @@ def bob(auth_api: ApiUnderTest) -> Keyholder:
 def ops(auth_api: ApiUnderTest) -> Keyholder:
     """An operator."""
     return auth_api.issue("ops-oncall", Role.OPERATOR)
-
-
-@pytest.fixture
-def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Let a test call configure_logging; the process's logging is put back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    config = structlog.get_config()
-    configure = structlog.configure
-
-    def configure_uncached(**settings: Any) -> None:
-        # A logger cached now would keep this test's processors for the rest of the run.
-        configure(**{**settings, "cache_logger_on_first_use": False})
-
-    monkeypatch.setattr(structlog, "configure", configure_uncached)
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    configure(**config)

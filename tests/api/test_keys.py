@@ -1,15 +1,13 @@
-"""The key store and the first operator key: only hashes are stored; the file is owner-only."""
+"""The key store: only hashes are stored, a changed or revoked token never verifies."""
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
-from api.bootstrap import KeyFileError, ensure_operator_key, read_key_file
 from api.keys import InvalidKeyRequest, KeyStore, Role, hash_token, key_id_of
 from execution import database
 from execution.redaction import redact_text
@@ -142,43 +140,6 @@ def test_use_is_recorded_once_and_not_rewritten_within_a_minute(keys: KeyStore) 
     assert again is not None
     assert first.last_used_at is not None
     assert again.last_used_at == first.last_used_at
-
-
-def test_the_first_start_writes_an_operator_key_only_its_owner_can_read(
-    keys: KeyStore, tmp_path: Path
-) -> None:
-    path = tmp_path / "state" / "operator.key"
-    issued = ensure_operator_key(keys, path)
-    assert issued is not None
-    assert issued.key.role is Role.OPERATOR
-    assert read_key_file(path) == issued.token
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert keys.verify(issued.token) is not None
-
-
-def test_no_operator_key_is_made_while_any_key_exists_even_a_revoked_one(
-    keys: KeyStore, tmp_path: Path
-) -> None:
-    old = keys.create(user_id="alice", role=Role.USER)
-    keys.revoke(old.key.key_id)
-    path = tmp_path / "operator.key"
-    assert ensure_operator_key(keys, path) is None
-    assert not path.exists()
-
-
-def test_a_key_file_that_cannot_be_written_leaves_no_key_behind(
-    keys: KeyStore, tmp_path: Path
-) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")
-    with pytest.raises(KeyFileError, match="OPERATOR_KEY_FILE"):
-        ensure_operator_key(keys, blocker / "operator.key")
-    assert keys.count() == 0
-
-
-def test_reading_a_missing_key_file_gives_none(tmp_path: Path) -> None:
-    assert read_key_file(tmp_path / "absent.key") is None
 
 
 def test_redaction_masks_a_keys_secret_and_keeps_its_id(keys: KeyStore) -> None:

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from api import cli
+from api.cli import app as cli
 from execution.settings import Settings
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("switchyard")

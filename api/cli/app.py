@@ -13,11 +13,11 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.bootstrap import KeyFileError, ensure_operator_key
-from api.cli_http import ApiKeyOption, UrlOption, api_client, call_api
-from api.cli_keys import keys_app
-from api.cli_rollout import rollout_app
-from api.console import err, fail, out, settings_or_exit
+from api.cli.bootstrap import KeyFileError, ensure_operator_key
+from api.cli.client import ApiKeyOption, UrlOption, api_client, call_api
+from api.cli.console import err, fail, out, settings_or_exit
+from api.cli.keys import keys_app
+from api.cli.rollout import rollout_app
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging
 from execution.redaction import redact_url
@@ -293,7 +293,3 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from api.cli import app, startup_banner
-from api.cli_http import api_client
+from api.cli.app import app, startup_banner
+from api.cli.client import api_client
 from execution.settings import Settings
 
 TOKEN = re.compile(r"sy_(?P<key_id>[0-9a-f]{16})_[A-Za-z0-9_-]{43}")

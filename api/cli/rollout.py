@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from api.cli_http import ApiKeyOption, UrlOption, api_client, call_api
-from api.console import fail, out
+from api.cli.client import ApiKeyOption, UrlOption, api_client, call_api
+from api.cli.console import fail, out
 
 rollout_app = typer.Typer(
     help="Where new tasks run: status, set, rollback, restore, history, preview.",

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from api.console import err, fail, out, settings_or_exit
+from api.cli.console import err, fail, out, settings_or_exit
 from api.keys import InvalidKeyRequest, KeyStore, Role
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging

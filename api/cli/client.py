@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from api.bootstrap import KeyFileError, read_key_file
-from api.console import fail, settings_or_exit
+from api.cli.bootstrap import KeyFileError, read_key_file
+from api.cli.console import fail, settings_or_exit
 
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="SWITCHYARD_URL", help="Base URL of a running API.")
