@@ -10,6 +10,9 @@ import typer
 from api.cli.bootstrap import KeyFileError, read_key_file
 from api.cli.console import fail, settings_or_exit
 
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+"""Where `switchyard serve` listens with the default HOST and PORT."""
+
 UrlOption = Annotated[
     str, typer.Option("--url", envvar="SWITCHYARD_URL", help="Base URL of a running API.")
 ]

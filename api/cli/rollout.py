@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from api.cli.client import ApiKeyOption, UrlOption, api_client, call_api
+from api.cli.client import DEFAULT_API_URL, ApiKeyOption, UrlOption, api_client, call_api
 from api.cli.console import fail, out
 
 rollout_app = typer.Typer(
@@ -18,11 +18,10 @@ rollout_app = typer.Typer(
 ReasonOption = Annotated[
     str, typer.Option("--reason", help="Why; recorded in the rollout history.", show_default=False)
 ]
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 @rollout_app.command("status")
-def status(url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None) -> None:
+def status(url: UrlOption = DEFAULT_API_URL, api_key: ApiKeyOption = None) -> None:
     """The rollout this API process routes by."""
     with api_client(url, api_key) as client:
         _print_rollout(call_api(client, "GET", "/rollout"))
@@ -47,7 +46,7 @@ def set_(
     stickiness: Annotated[
         str | None, typer.Option(help="Bucket on task_id (default) or user_id.")
     ] = None,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Set the percentage (and overrides), guarded by the version just read."""
@@ -74,7 +73,7 @@ def set_(
 
 @rollout_app.command("rollback")
 def rollback(
-    reason: ReasonOption, url: UrlOption = DEFAULT_URL, api_key: ApiKeyOption = None
+    reason: ReasonOption, url: UrlOption = DEFAULT_API_URL, api_key: ApiKeyOption = None
 ) -> None:
     """Every new task to threads at once; `restore` returns to the routing replaced."""
     with api_client(url, api_key) as client:
@@ -86,7 +85,7 @@ def restore(
     reason: Annotated[str, typer.Option(help="Why; recorded in the rollout history.")] = (
         "restore after rollback"
     ),
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Return to where the last rollback found the rollout."""
@@ -97,7 +96,7 @@ def restore(
 @rollout_app.command("history")
 def history(
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many changes.")] = 20,
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """Every accepted change, newest first, with author and reason."""
@@ -120,7 +119,7 @@ def history(
 @rollout_app.command("preview")
 def preview(
     percentage: Annotated[float, typer.Argument(min=0, max=100, help="The percentage to try.")],
-    url: UrlOption = DEFAULT_URL,
+    url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
     """How much new traffic, and how many QUEUED tasks, a percentage would move."""
