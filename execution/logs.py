@@ -49,6 +49,11 @@ def configure_logging(*, level: str = "INFO", json_output: bool = False) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates each migration context at INFO ("Context impl SQLiteImpl."), which every
+    # command that opens the database would print; `db.upgraded` says what happened. DEBUG
+    # brings its lines back.
+    quiet = root.level > logging.DEBUG
+    logging.getLogger("alembic").setLevel(logging.WARNING if quiet else logging.NOTSET)
 
 
 def _identity(

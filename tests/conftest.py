@@ -130,8 +130,8 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
 @pytest.fixture
 def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Let a test call configure_logging; the process's logging is put back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    root, alembic = logging.getLogger(), logging.getLogger("alembic")
+    handlers, level, alembic_level = root.handlers[:], root.level, alembic.level
     config = structlog.get_config()
     configure = structlog.configure
 
@@ -143,4 +143,5 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    alembic.setLevel(alembic_level)
     configure(**config)

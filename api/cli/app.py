@@ -11,14 +11,14 @@ from rich.table import Table
 
 from api.cli import tasks
 from api.cli.bootstrap import KeyFileError, ensure_operator_key
-from api.cli.console import err, fail, out, settings_or_exit
+from api.cli.console import err, fail, out, print_table, settings_or_exit
 from api.cli.keys import keys_app
 from api.cli.rollout import rollout_app
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging
 from execution.redaction import redact_url
 from execution.settings import Settings, SettingsError
-from execution.tools.registry import ToolLoadError, load_registry
+from execution.tools.registry import Tool, ToolLoadError, load_registry
 
 app = typer.Typer(
     help="Switchyard: move background jobs between threads and Celery, gradually.",
@@ -30,8 +30,10 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address [HOST].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [PORT].")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address.", show_default="the HOST setting")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port.", show_default="the PORT setting")] = None,
 ) -> None:
     """Run the API and the thread backend (and publish to Celery if USE_CELERY=true)."""
     import uvicorn
@@ -72,10 +74,14 @@ def serve(
 @app.command()
 def worker(
     queues: Annotated[
-        str | None, typer.Option(help="Comma-separated queues [default: every tool's queue].")
+        str | None,
+        typer.Option(help="Comma-separated queues.", show_default="every tool's queue"),
     ] = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Processes [CELERY_WORKER_CONCURRENCY].")
+        int | None,
+        typer.Option(
+            min=1, help="Processes.", show_default="the CELERY_WORKER_CONCURRENCY setting"
+        ),
     ] = None,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
     hostname: Annotated[str, typer.Option(help="Worker node name.")] = "switchyard@%h",
@@ -147,24 +153,40 @@ def tools() -> None:
         registry = load_registry(settings.tool_modules)
     except ToolLoadError as exc:
         fail(str(exc))
-    table = Table("tool_id", "queue", "priority", "soft/hard limit (s)", "description")
+    table = Table("tool_id", "queue", "priority", "soft / hard limit (s)", "description")
     for spec in registry.values():
-        limits = f"{spec.soft_time_limit or '-'} / {spec.time_limit or '-'}"
+        limits = time_limits(spec, settings)
         table.add_row(spec.tool_id, spec.queue, str(spec.priority), limits, spec.description)
-    out.print(table)
+    print_table(table)
+
+
+def time_limits(spec: Tool, settings: Settings) -> str:
+    """The soft and hard limits a tool's tasks run under, saying which are the settings' default."""
+    soft = spec.soft_time_limit or settings.celery_task_soft_time_limit
+    hard = spec.time_limit or settings.celery_task_time_limit
+    defaulted = [
+        name
+        for name, own in (("soft", spec.soft_time_limit), ("hard", spec.time_limit))
+        if own is None
+    ]
+    if len(defaulted) == 2:
+        return f"{soft} / {hard} (default)"
+    if defaulted:
+        return f"{soft} / {hard} (default {defaulted[0]})"
+    return f"{soft} / {hard}"
 
 
 # Registered here, in the order `--help` lists them.
 app.command()(tasks.submit)
 app.command()(tasks.status)
-app.command("tasks")(tasks.list_tasks)
+app.command("tasks")(tasks.count_tasks)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Run the CLI; Ctrl-C exits 130 without a traceback."""
     try:
         app()
     except KeyboardInterrupt:

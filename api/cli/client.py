@@ -21,8 +21,9 @@ ApiKeyOption = Annotated[
     typer.Option(
         "--api-key",
         envvar="SWITCHYARD_API_KEY",
-        show_default=False,
-        help="API key [default: the one in OPERATOR_KEY_FILE, written by the first `serve`].",
+        # A string, not "[default: ...]" in the help: Rich would take that for markup and drop it.
+        show_default="the key in OPERATOR_KEY_FILE, written by the first `serve`",
+        help="API key.",
     ),
 ]
 
@@ -46,6 +47,7 @@ def api_client(url: str, api_key: str | None) -> httpx.Client:
 
 
 def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    """The JSON answer to one request; any failure exits with one line (status and detail)."""
     try:
         response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:

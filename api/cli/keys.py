@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from api.cli.console import err, fail, out, settings_or_exit
+from api.cli.console import err, fail, out, print_table, settings_or_exit
 from api.keys import InvalidKeyRequest, KeyStore, Role
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging
@@ -41,21 +41,19 @@ def keys_list(
     include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
 ) -> None:
     """List keys (never their secrets)."""
-    table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("key_id", no_wrap=True, min_width=16)  # what `keys revoke` needs, whole
-    for column in ("user", "role", "name", "created", "last used", "revoked"):
-        table.add_column(column, overflow="fold")
+    times = ("created", "last used", "revoked") if include_revoked else ("created", "last used")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    # On a narrow terminal the id stays whole and a time breaks only between date and hour.
+    table.add_column("key_id", no_wrap=True, min_width=16)  # what `keys revoke` needs
+    table.add_column("user", overflow="fold", min_width=5)
+    table.add_column("role", no_wrap=True)
+    table.add_column("name", overflow="fold", min_width=6)
+    for column in times:
+        table.add_column(column, min_width=10)
     for key in _key_store().list(include_revoked=include_revoked):
-        table.add_row(
-            key.key_id,
-            key.user_id,
-            key.role,
-            key.name or "",
-            _when(key.created_at),
-            _when(key.last_used_at),
-            _when(key.revoked_at),
-        )
-    out.print(table)
+        at = (key.created_at, key.last_used_at, key.revoked_at)[: len(times)]
+        table.add_row(key.key_id, key.user_id, key.role, key.name or "", *map(_when, at))
+    print_table(table)
 
 
 @keys_app.command("revoke")

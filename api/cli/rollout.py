@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from api.cli.client import DEFAULT_API_URL, ApiKeyOption, UrlOption, api_client, call_api
-from api.cli.console import fail, out
+from api.cli.console import fail, out, print_table
 
 rollout_app = typer.Typer(
     help="Where new tasks run: status, set, rollback, restore, history, preview.",
@@ -41,7 +41,7 @@ def set_(
         ),
     ] = None,
     clear_overrides: Annotated[
-        bool, typer.Option(help="Drop every per-tool override first.")
+        bool, typer.Option("--clear-overrides", help="Drop every per-tool override first.")
     ] = False,
     stickiness: Annotated[
         str | None, typer.Option(help="Bucket on task_id (default) or user_id.")
@@ -113,7 +113,7 @@ def history(
             _routing(event["after"]),
             event["reason"],
         )
-    out.print(table)
+    print_table(table)
 
 
 @rollout_app.command("preview")

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.cli.client import DEFAULT_API_URL, ApiKeyOption, UrlOption, api_client, call_api
-from api.cli.console import err, fail, out
+from api.cli.console import err, fail, out, print_table
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -21,7 +21,9 @@ def submit(
     tool_id: Annotated[str, typer.Argument(help="A tool id from `switchyard tools`.")],
     payload: Annotated[str, typer.Option(help="The payload as a JSON object.")] = "{}",
     priority: Annotated[int | None, typer.Option(min=0, max=9, help="0-9, 9 highest.")] = None,
-    wait: Annotated[bool, typer.Option(help="Show a progress bar until the task ends.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show a progress bar until the task ends.")
+    ] = False,
     url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -55,21 +57,27 @@ def status(
         _print_task(call_api(client, "GET", f"/tasks/{task_id}"))
 
 
-def list_tasks(
+def count_tasks(
     status: Annotated[str | None, typer.Option(help="Only this status, e.g. QUEUED.")] = None,
     backend: Annotated[str | None, typer.Option(help="Only thread or celery.")] = None,
     tool: Annotated[str | None, typer.Option(help="Only this tool id.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 500,
+    limit: Annotated[
+        int, typer.Option(min=1, max=500, help="How many of the newest tasks to count.")
+    ] = 500,
     wait: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for queued and running tasks to end.")
     ] = 0,
     require_completed: Annotated[
-        bool, typer.Option(help="Exit 1 unless every listed task is COMPLETED (a drill's check).")
+        bool,
+        typer.Option(
+            "--require-completed",
+            help="Exit 1 unless every counted task is COMPLETED (a drill's check).",
+        ),
     ] = False,
     url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Count tasks by status and backend, newest first."""
+    """Count the newest tasks (up to --limit) by status and backend; `status` shows one task."""
     params = {"limit": limit, "status": status, "backend": backend, "tool_id": tool}
     deadline = time.monotonic() + wait
     with api_client(url, api_key) as client:
@@ -88,7 +96,7 @@ def list_tasks(
     table = Table("status", "backend", "tasks")
     for (state, where), count in sorted(counts.items()):
         table.add_row(state, where, str(count))
-    out.print(table)
+    print_table(table)
     unfinished = sum(n for (state, _), n in counts.items() if state != "COMPLETED")
     if require_completed and unfinished:
         fail(f"{unfinished} of {len(items)} tasks did not complete", code=1)
@@ -133,6 +141,6 @@ def _print_task(task: dict[str, Any]) -> None:
     ):
         if task.get(key) is not None:
             table.add_row(key, str(task[key]))
-    out.print(table)
+    print_table(table)
     if task.get("result") is not None:
         out.print_json(data=task["result"])

@@ -1,20 +1,19 @@
-"""The `switchyard` command: a bad setting stops it with one line naming the setting."""
+"""`switchyard serve`, `db upgrade` and `tools`: a bad setting is one line; Alembic stays quiet."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import uvicorn
 from rich.console import Console
 from typer.testing import CliRunner
 
 from api.cli import app as cli
+from api.cli import console
 from execution.settings import Settings
-
-CONSOLE_SCRIPT = Path(sys.executable).with_name("switchyard")
+from execution.tools.registry import Tool
+from tests.cli.conftest import RunSwitchyard
 
 BAD_SETTINGS = [
     ({"USE_CELERY": "maybe"}, "USE_CELERY"),
@@ -24,32 +23,24 @@ BAD_SETTINGS = [
         "CELERY_TASK_SOFT_TIME_LIMIT",
     ),
 ]
+ALEMBIC_CHATTER = ("Context impl", "Will assume", "alembic.runtime.migration")
 
 
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _switchyard(
-    args: list[str], *, env: dict[str, str], cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args],
-        env={**clean, "COLUMNS": "80", **env},  # narrow, as in CI logs: nothing may wrap
-        stdin=subprocess.DEVNULL,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def _line_with(text: str, needle: str) -> str:
+    (line,) = [line for line in text.splitlines() if needle in line]
+    return line
 
 
 @pytest.fixture
 def narrow_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's error console at 80 columns, whatever terminal runs the tests."""
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=80))
+    narrow = Console(stderr=True, width=80)
+    monkeypatch.setattr(cli, "err", narrow)
+    monkeypatch.setattr(console, "err", narrow)
 
 
 @pytest.mark.parametrize(("env", "named"), BAD_SETTINGS)
@@ -65,8 +56,10 @@ def test_serve_with_a_bad_setting_exits_2_with_one_line_naming_it(
     assert "Traceback" not in result.output
 
 
-def test_the_console_script_reports_a_bad_setting_without_a_traceback(tmp_path: Path) -> None:
-    result = _switchyard(["serve"], env={"CELERY_ROLLOUT_PERCENTAGE": "150"}, cwd=tmp_path)
+def test_the_console_script_reports_a_bad_setting_without_a_traceback(
+    switchyard: RunSwitchyard, tmp_path: Path
+) -> None:
+    result = switchyard("serve", CELERY_ROLLOUT_PERCENTAGE="150")
 
     assert result.returncode == 2
     (line,) = _lines(result.stderr)
@@ -75,16 +68,13 @@ def test_the_console_script_reports_a_bad_setting_without_a_traceback(tmp_path: 
     assert not (tmp_path / "switchyard.db").exists()
 
 
-def test_serve_warns_loudly_when_celery_is_on_at_zero_percent(tmp_path: Path) -> None:
+def test_serve_warns_loudly_when_celery_is_on_at_zero_percent(switchyard: RunSwitchyard) -> None:
     # A tools module that cannot load stops serve right after the warning, before it binds.
-    result = _switchyard(
-        ["serve"],
-        env={
-            "USE_CELERY": "true",
-            "CELERY_ROLLOUT_PERCENTAGE": "0",
-            "SWITCHYARD_TOOLS": "no_such_tools_module",
-        },
-        cwd=tmp_path,
+    result = switchyard(
+        "serve",
+        USE_CELERY="true",
+        CELERY_ROLLOUT_PERCENTAGE="0",
+        SWITCHYARD_TOOLS="no_such_tools_module",
     )
 
     warning, error = _lines(result.stderr)
@@ -95,9 +85,91 @@ def test_serve_warns_loudly_when_celery_is_on_at_zero_percent(tmp_path: Path) ->
     assert result.returncode == 2
 
 
+def test_serve_logs_its_own_lines_but_not_alembics(
+    clean_env: None, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # everything up to binding
+
+    result = CliRunner().invoke(cli.app, ["serve"])
+
+    assert result.exit_code == 0, result.output
+    assert "db.upgraded" in result.stderr
+    assert "No API key existed, so an operator key was created" in result.stderr
+    for chatter in ALEMBIC_CHATTER:
+        assert chatter not in result.stderr
+
+
+def test_db_upgrade_says_where_the_database_is_without_alembics_chatter(
+    switchyard: RunSwitchyard,
+) -> None:
+    result = switchyard("db", "upgrade")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("database at head: sqlite:///")
+    assert "db.upgraded" in result.stderr
+    for chatter in ALEMBIC_CHATTER:
+        assert chatter not in result.stderr
+
+
+def test_alembics_lines_come_back_at_debug(switchyard: RunSwitchyard) -> None:
+    result = switchyard("db", "upgrade", LOG_LEVEL="DEBUG")
+
+    assert result.returncode == 0, result.stderr
+    assert "Context impl" in result.stderr
+
+
 def test_tools_lists_the_registry(clean_env: None) -> None:
     result = CliRunner().invoke(cli.app, ["tools"], env={"SWITCHYARD_TOOLS": "tests.tools"})
 
     assert result.exit_code == 0
     assert "chatty" in result.stdout
     assert "profile-csv" not in result.stdout
+
+
+def test_tools_shows_the_default_limits_where_a_tool_sets_none(clean_env: None) -> None:
+    modules = "execution.tools.builtin,tests.integration.limited_tools"
+
+    result = CliRunner().invoke(cli.app, ["tools"], env={"SWITCHYARD_TOOLS": modules})
+
+    assert result.exit_code == 0, result.output
+    assert "1500 / 1800 (default)" in _line_with(result.stdout, "noop")
+    own = _line_with(result.stdout, "over-time")
+    assert "1 / 30" in own
+    assert "(default" not in own
+
+
+def test_tools_default_limits_are_the_settings(clean_env: None) -> None:
+    env = {"CELERY_TASK_SOFT_TIME_LIMIT": "100", "CELERY_TASK_TIME_LIMIT": "200"}
+
+    result = CliRunner().invoke(cli.app, ["tools"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "100 / 200 (default)" in _line_with(result.stdout, "noop")
+
+
+def test_piped_tools_keep_each_description_on_its_tools_line(switchyard: RunSwitchyard) -> None:
+    result = switchyard("tools", columns=80)
+
+    assert result.returncode == 0, result.stderr
+    row = _line_with(result.stdout, "noop")
+    assert "Does nothing and returns at once: measures the machinery itself." in row
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "shown"),
+    [
+        (None, None, "1500 / 1800 (default)"),
+        (60, None, "60 / 1800 (default hard)"),
+        (None, 1200, "1500 / 1200 (default soft)"),
+        (60, 120, "60 / 120"),
+    ],
+)
+def test_time_limits_name_the_ones_that_come_from_the_settings(
+    soft: int | None, hard: int | None, shown: str
+) -> None:
+    spec = Tool(tool_id="t", handler=lambda ctx: None, soft_time_limit=soft, time_limit=hard)
+    settings = Settings(
+        _env_file=None, celery_task_soft_time_limit=1500, celery_task_time_limit=1800
+    )
+
+    assert cli.time_limits(spec, settings) == shown

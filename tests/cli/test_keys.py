@@ -11,8 +11,12 @@ from typer.testing import CliRunner
 from api.cli.app import app, startup_banner
 from api.cli.client import api_client
 from execution.settings import Settings
+from tests.cli.conftest import RunSwitchyard
 
 TOKEN = re.compile(r"sy_(?P<key_id>[0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+WHEN = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}Z")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LONG_NAME = "the laptop on the kitchen table at home"
 
 
 @pytest.fixture
@@ -110,3 +114,55 @@ def test_the_startup_banner_masks_database_and_broker_passwords() -> None:
     assert "s3cret" not in banner
     assert "postgresql://switchyard:***@db.internal:5432/switchyard" in banner
     assert "redis://:***@redis.internal:6379/0" in banner
+
+
+def test_keys_commands_print_the_key_and_the_listing_without_alembics_chatter(
+    switchyard: RunSwitchyard,
+) -> None:
+    created = switchyard("keys", "create", "--user", "alice", "--role", "user")
+    listed = switchyard("keys", "list")
+
+    assert created.returncode == listed.returncode == 0, created.stderr + listed.stderr
+    assert TOKEN.fullmatch(created.stdout.strip())
+    for result in (created, listed):
+        assert "Context impl" not in result.stderr
+        assert "Will assume" not in result.stderr
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_piped_keys_list_keeps_each_key_on_one_line(
+    switchyard: RunSwitchyard, columns: int
+) -> None:
+    created = switchyard(
+        "keys", "create", "--user", "alice", "--role", "operator", "--name", LONG_NAME
+    )
+    match = TOKEN.fullmatch(created.stdout.strip())
+    assert match is not None, created.stderr
+
+    listed = switchyard("keys", "list", columns=columns)
+
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if match["key_id"] in line]
+    assert "alice" in row
+    assert "operator" in row
+    assert LONG_NAME in row
+    assert WHEN.search(row)
+    assert "last used" in listed.stdout
+
+
+@pytest.mark.parametrize("listing", [["keys", "list"], ["keys", "list", "--all"]])
+def test_keys_list_on_a_narrow_terminal_fits_it_and_keeps_ids_and_dates_whole(
+    switchyard: RunSwitchyard, listing: list[str]
+) -> None:
+    created = switchyard("keys", "create", "--user", "alice", "--role", "user", "--name", LONG_NAME)
+    match = TOKEN.fullmatch(created.stdout.strip())
+    assert match is not None, created.stderr
+
+    listed = switchyard(*listing, columns=80, TTY_COMPATIBLE="1")
+
+    assert listed.returncode == 0, listed.stderr
+    header, *lines = ANSI.sub("", listed.stdout).splitlines()
+    assert all(len(line) <= 80 for line in [header, *lines])
+    assert header.split()[-1] == ("revoked" if "--all" in listing else "used")
+    (row,) = [line for line in lines if match["key_id"] in line]
+    assert re.search(r"\d{4}-\d{2}-\d{2}", row)
