@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 from api.schemas import FieldErrorOut, ValidationErrorOut
 from backends.base import BackendUnavailable
 from dispatch.dispatcher import TaskRejected
-from dispatch.rollout_control import RolloutInvalid
+from dispatch.rollout.control import RolloutInvalid
+from dispatch.rollout.store import NothingToRestore, RolloutConflict
 from execution.redaction import redact_text
-from execution.rollout_store import NothingToRestore, RolloutConflict
 from execution.tools.registry import InvalidPayload, UnknownTool
 
 # A body with ten thousand unknown fields gets a short answer, not ten thousand lines.

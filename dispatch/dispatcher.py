@@ -10,9 +10,9 @@ from typing import Any
 import structlog
 
 from backends.base import BackendUnavailable, TaskBackend
-from dispatch.router import RolloutSource, route
+from dispatch.rollout.policy import Stickiness, route
+from dispatch.rollout.watch import RolloutSource
 from execution.records import TaskRecord
-from execution.rollout import Stickiness
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from api.cli.client import DEFAULT_API_URL, ApiKeyOption, UrlOption, api_client, call_api
 from api.cli.console import fail, out, print_table
+from dispatch.rollout.policy import check_percentage
 
 rollout_app = typer.Typer(
     help="Where new tasks run: status, set, rollback, restore, history, preview.",
@@ -18,6 +19,13 @@ rollout_app = typer.Typer(
 ReasonOption = Annotated[
     str, typer.Option("--reason", help="Why; recorded in the rollout history.", show_default=False)
 ]
+
+
+def _percentage(value: float) -> float:
+    try:
+        return check_percentage(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @rollout_app.command("status")
@@ -30,7 +38,8 @@ def status(url: UrlOption = DEFAULT_API_URL, api_key: ApiKeyOption = None) -> No
 @rollout_app.command("set")
 def set_(
     percentage: Annotated[
-        float, typer.Argument(min=0, max=100, help="Share of new tasks for Celery, 0-100.")
+        float,
+        typer.Argument(callback=_percentage, help="Share of new tasks for Celery, 0-100."),
     ],
     reason: ReasonOption,
     tool: Annotated[
@@ -50,10 +59,11 @@ def set_(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Set the percentage (and overrides), guarded by the version just read."""
+    asked = _parse_overrides(tool or [])  # a typo is refused before anything is read or sent
     with api_client(url, api_key) as client:
         current = call_api(client, "GET", "/rollout")
         overrides: dict[str, float] = {} if clear_overrides else dict(current["tool_overrides"])
-        overrides.update(_parse_overrides(tool or []))
+        overrides.update(asked)
         body: dict[str, Any] = {
             "percentage": percentage,
             "tool_overrides": overrides,
@@ -118,7 +128,9 @@ def history(
 
 @rollout_app.command("preview")
 def preview(
-    percentage: Annotated[float, typer.Argument(min=0, max=100, help="The percentage to try.")],
+    percentage: Annotated[
+        float, typer.Argument(callback=_percentage, help="The percentage to try, 0-100.")
+    ],
     url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
@@ -141,12 +153,11 @@ def _parse_overrides(pairs: list[str]) -> dict[str, float]:
     for pair in pairs:
         tool_id, sep, value = pair.partition("=")
         try:
-            share = float(value)
+            parsed[tool_id] = check_percentage(float(value))
         except ValueError:
-            share = float("nan")
-        if not sep or not tool_id or not 0 <= share <= 100:
+            sep = ""
+        if not sep or not tool_id:
             fail(f"--tool: {pair!r} is not TOOL=PERCENT with PERCENT in 0-100")
-        parsed[tool_id] = share
     return parsed
 
 

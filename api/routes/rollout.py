@@ -18,7 +18,8 @@ from api.schemas import (
     RolloutReason,
     RolloutUpdate,
 )
-from dispatch.rollout_control import RolloutChange, RolloutInvalid
+from dispatch.rollout.control import RolloutChange, RolloutInvalid
+from dispatch.rollout.policy import Percentage
 
 router = APIRouter(
     prefix="/rollout",
@@ -144,7 +145,7 @@ def history(
 def preview(
     runtime: RuntimeDep,
     caller: OperatorDep,
-    percentage: Annotated[float, Query(ge=0, le=100, allow_inf_nan=False)],
+    percentage: Annotated[Percentage, Query()],
 ) -> RolloutPreviewOut:
     """How much new traffic and how many QUEUED tasks a percentage would move."""
     return RolloutPreviewOut.model_validate(runtime.rollout_control.preview(percentage))

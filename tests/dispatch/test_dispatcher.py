@@ -9,9 +9,9 @@ from sqlalchemy import Engine
 
 from backends.base import BackendFull, BackendUnavailable, TaskBackend
 from backends.testing import InlineBackend, RecordingBackend
-from dispatch.bucketing import bucket
 from dispatch.dispatcher import Dispatcher, NewTask, TaskRejected
-from dispatch.router import RolloutPolicy, StaticRollout
+from dispatch.rollout.policy import RolloutPolicy, bucket
+from dispatch.rollout.watch import StaticRollout
 from execution.database import make_engine
 from execution.executor import TaskExecutor
 from execution.records import TaskRecord

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch.bucketing import bucket
-from dispatch.router import RolloutPolicy, StaticRollout, route
+from dispatch.rollout.policy import RolloutPolicy, bucket, route
+from dispatch.rollout.watch import StaticRollout
 from execution.status import BackendName
 
 

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from execution.rollout import RolloutAction, RolloutState, Stickiness
-from execution.rollout_store import RolloutConflict, RolloutStore
-from execution.rollout_watch import RolloutWatcher
+from dispatch.rollout.policy import Stickiness
+from dispatch.rollout.state import RolloutAction, RolloutState
+from dispatch.rollout.store import RolloutConflict, RolloutStore
+from dispatch.rollout.watch import RolloutWatcher
+from execution.status import BackendName
 from tests.helpers import wait_until
 
 
@@ -110,8 +112,8 @@ def test_the_policy_applies_overrides_and_the_master_switch(rollout_store: Rollo
     assert (on.share_for("sleep"), on.share_for("noop")) == (100, 5)
     assert (off.share_for("sleep"), off.share_for("noop")) == (0, 0)
     assert on.stickiness is Stickiness.USER_ID
-    assert on.celery_switched_off_for("noop") is False
-    assert off.celery_switched_off_for("sleep") is True
+    assert on.hand_back_to("noop") is None
+    assert off.hand_back_to("sleep") is BackendName.THREAD
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine
 
-from dispatch.rollout_control import RolloutChange, RolloutControl, RolloutInvalid
-from execution.rollout import RolloutAction, Stickiness
-from execution.rollout_store import NothingToRestore, RolloutConflict, RolloutStore
-from execution.rollout_watch import RolloutWatcher
+from dispatch.rollout.control import RolloutChange, RolloutControl, RolloutInvalid
+from dispatch.rollout.policy import Stickiness
+from dispatch.rollout.state import RolloutAction
+from dispatch.rollout.store import NothingToRestore, RolloutConflict, RolloutStore
+from dispatch.rollout.watch import RolloutWatcher
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 from tests.helpers import queued_task
@@ -36,11 +37,9 @@ def watcher(rollout_store: RolloutStore) -> Iterator[RolloutWatcher]:
 
 
 @pytest.fixture
-def control(
-    rollout_store: RolloutStore, watcher: RolloutWatcher, registry: ToolRegistry, store: TaskStore
-) -> RolloutControl:
+def control(watcher: RolloutWatcher, registry: ToolRegistry, store: TaskStore) -> RolloutControl:
     """The control over this test's database."""
-    return RolloutControl(store=rollout_store, watcher=watcher, registry=registry, tasks=store)
+    return RolloutControl(watcher=watcher, registry=registry, tasks=store)
 
 
 def test_a_change_is_honoured_in_this_process_at_once(

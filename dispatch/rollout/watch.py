@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
-from execution.rollout import RolloutPolicy, RolloutState
-from execution.rollout_store import RolloutStore
+from dispatch.rollout.policy import RolloutPolicy
+from dispatch.rollout.state import RolloutState
+from dispatch.rollout.store import RolloutStore
 
 log = structlog.get_logger(__name__)
+
+
+class RolloutSource(Protocol):
+    """Where the dispatcher reads the rollout from; `current()` must not touch the database."""
+
+    def current(self) -> RolloutPolicy: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticRollout:
+    """A rollout that never changes (tests, benchmarks)."""
+
+    policy: RolloutPolicy
+
+    def current(self) -> RolloutPolicy:
+        """The policy, unchanged."""
+        return self.policy
 
 
 class RolloutWatcher:
@@ -29,7 +49,7 @@ class RolloutWatcher:
         salt: str,
         interval: float,
     ) -> None:
-        self._store = store
+        self.store = store
         self._use_celery = use_celery
         self._seed_percentage = seed_percentage
         self._salt = salt
@@ -41,7 +61,7 @@ class RolloutWatcher:
 
     def start(self) -> None:
         """Seed the state if this is the first start anywhere, load it, and begin polling."""
-        self._adopt(self._store.seed(percentage=self._seed_percentage, salt=self._salt))
+        self._adopt(self.store.seed(percentage=self._seed_percentage, salt=self._salt))
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._poll, name="switchyard-rollout-watch", daemon=True
@@ -85,9 +105,9 @@ class RolloutWatcher:
     def _poll(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                version = self._store.version()
+                version = self.store.version()
                 if version is not None and (self._state is None or version != self._state.version):
-                    state = self._store.load()
+                    state = self.store.load()
                     if state is not None:
                         self._adopt(state)
             except Exception as exc:  # keep routing by the last known state

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dispatch.bucketing import BUCKETS, threshold
-from execution.rollout import RolloutAction, RolloutEvent, RolloutState, Stickiness
-from execution.rollout_store import NothingToRestore, RolloutStore, Transform
-from execution.rollout_watch import RolloutWatcher
+from dispatch.rollout.policy import BUCKETS, Stickiness, check_percentage, cutoff
+from dispatch.rollout.state import RolloutAction, RolloutEvent, RolloutState
+from dispatch.rollout.store import NothingToRestore, Transform
+from dispatch.rollout.watch import RolloutWatcher
 from execution.status import BackendName
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
@@ -56,12 +55,11 @@ class RolloutControl:
     def __init__(
         self,
         *,
-        store: RolloutStore,
         watcher: RolloutWatcher,
         registry: ToolRegistry,
         tasks: TaskStore,
     ) -> None:
-        self._store = store
+        self._store = watcher.store  # the watcher adopts at once what is written here
         self._watcher = watcher
         self._registry = registry
         self._tasks = tasks
@@ -129,7 +127,7 @@ class RolloutControl:
         current = state.percentage if state else 0.0
         overrides = state.tool_overrides if state else {}
         # Whole buckets, as routing counts them (0.01 % resolution).
-        moving = abs(threshold(percentage) - threshold(current)) * 100 / BUCKETS
+        moving = abs(cutoff(percentage) - cutoff(current)) * 100 / BUCKETS
         queued = self._tasks.queued_counts()
         would_move = 0
         if percentage == 0:
@@ -177,7 +175,7 @@ def _reason(reason: str) -> str:
 
 
 def _percentage(field: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RolloutInvalid(field, f"{value!r} is not a number")
-    if not 0 <= value <= 100:
-        raise RolloutInvalid(field, f"{value:g} is outside 0-100")
+    try:
+        check_percentage(value)
+    except ValueError as exc:
+        raise RolloutInvalid(field, str(exc)) from None

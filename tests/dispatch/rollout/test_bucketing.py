@@ -14,11 +14,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dispatch.bucketing import BUCKETS, bucket, threshold
-from dispatch.router import RolloutPolicy, route
+from dispatch.rollout.policy import BUCKETS, RolloutPolicy, bucket, cutoff, route
 from execution.status import BackendName
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Computed once with xxh3-64 of "{salt}:{key}" mod 10000. If this test fails, the hash changed:
 # that moves live traffic between backends. Change the code back, never this table.
@@ -43,7 +42,7 @@ percentages = st.floats(min_value=0, max_value=100, allow_nan=False)
 
 _BUCKETS_IN_A_FRESH_PROCESS = """
 import json, sys
-from dispatch.bucketing import bucket
+from dispatch.rollout.policy import bucket
 keys = json.load(sys.stdin)
 json.dump({"hash": hash(keys[0]), "buckets": [bucket(k, salt="switchyard") for k in keys]},
           sys.stdout)
@@ -96,10 +95,10 @@ def test_the_same_key_has_the_same_bucket_in_every_process(sample: list[str]) ->
     assert first["buckets"] == second["buckets"] == expected
 
 
-def test_threshold_maps_a_percentage_to_buckets_at_a_hundredth_of_a_percent() -> None:
-    assert [threshold(p) for p in (0, 0.01, 12.34, 50, 100)] == [0, 1, 1234, 5000, 10_000]
+def test_cutoff_maps_a_percentage_to_buckets_at_a_hundredth_of_a_percent() -> None:
+    assert [cutoff(p) for p in (0, 0.01, 12.34, 50, 100)] == [0, 1, 1234, 5000, 10_000]
     with pytest.raises(ValueError, match="outside 0-100"):
-        threshold(100.01)
+        cutoff(100.01)
 
 
 @given(key=keys, a=percentages, b=percentages)

@@ -3,15 +3,50 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, insert, select, update
+from sqlalchemy import JSON, Engine, Float, Integer, String, Table, Text, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, mapped_column
 
-from execution.models import RolloutEventRow, RolloutStateRow
-from execution.rollout import RolloutAction, RolloutEvent, RolloutState, Stickiness
+from dispatch.rollout.policy import Stickiness
+from dispatch.rollout.state import RolloutAction, RolloutEvent, RolloutState
+from execution.models import Base
 from execution.store import utcnow
+
+
+class RolloutStateRow(Base):
+    """The one row holding the rollout every process routes by; `version` guards changes."""
+
+    __tablename__ = "rollout_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    percentage: Mapped[float] = mapped_column(Float)
+    tool_overrides: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stickiness: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[str] = mapped_column(String(128))
+    restore_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class RolloutEventRow(Base):
+    """One accepted rollout change: who, when, from what, to what, and why."""
+
+    __tablename__ = "rollout_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(Integer, unique=True)
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime]
+
 
 _STATE = cast(Table, RolloutStateRow.__table__)
 _EVENTS = cast(Table, RolloutEventRow.__table__)
