@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from execution.settings import Settings, SettingsError
+from backends.settings import CelerySettings
+from execution.settings import SettingsError
 from execution.tools.registry import ToolRegistry
 
 RUN_TASK = "switchyard.run_task"
@@ -23,7 +24,7 @@ def queues_of(registry: ToolRegistry) -> list[str]:
     return sorted({spec.queue for spec in registry.values()})
 
 
-def check_time_limits(settings: Settings, registry: ToolRegistry) -> None:
+def check_time_limits(settings: CelerySettings, registry: ToolRegistry) -> None:
     """Refuse a time limit Redis would cut short by redelivering a still-running task."""
     for spec in registry.values():
         for limit in (spec.time_limit, spec.soft_time_limit):
@@ -35,7 +36,7 @@ def check_time_limits(settings: Settings, registry: ToolRegistry) -> None:
                 )
 
 
-def make_celery_app(settings: Settings, registry: ToolRegistry) -> Celery:
+def make_celery_app(settings: CelerySettings, registry: ToolRegistry) -> Celery:
     """The app both the publisher (API) and the workers use; they must agree on all of this."""
     check_time_limits(settings, registry)
     app = Celery("switchyard", broker=settings.broker_url, set_as_current=False)

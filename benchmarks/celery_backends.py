@@ -17,12 +17,12 @@ from pathlib import Path
 import redis
 
 from api.runtime import Runtime
+from api.settings import Settings
 from benchmarks.context import BenchContext, per_task_micros
 from benchmarks.plain_celery_app import NOOP, QUEUE, make_app
 from benchmarks.rows import require_status
 from benchmarks.runner import Row, Variant, alternate, compared_row
 from dispatch.dispatcher import NewTask
-from execution.settings import Settings
 from execution.status import BackendName, TaskStatus
 
 TARGET_RATIO = 0.85

@@ -14,13 +14,13 @@ import psutil
 import redis
 
 from api.runtime import Runtime
+from api.settings import Settings
 from benchmarks.celery_backends import CONCURRENCY, POOL, wait_drained
 from benchmarks.context import BenchContext
 from benchmarks.plain_celery_app import NOOP, QUEUE, make_app
 from benchmarks.rows import require_status
 from benchmarks.runner import Row, Summary
 from dispatch.dispatcher import NewTask
-from execution.settings import Settings
 from execution.status import BackendName, TaskStatus
 from tests.integration.workers import REPO_ROOT
 

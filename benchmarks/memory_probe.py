@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 
 from api.runtime import Runtime
+from api.settings import Settings
 from dispatch.dispatcher import NewTask
 from execution.logs import configure_logging
-from execution.settings import Settings
 from execution.tools.registry import Tool, ToolContext, ToolRegistry, load_registry
 
 WARMUP_TASKS = 500

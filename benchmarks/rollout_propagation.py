@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from api.settings import Settings
 from benchmarks.api_load import authorization_headers
 from benchmarks.context import BenchContext, Sizes
 from benchmarks.runner import Row, Summary, Variant, alternate
-from execution.settings import Settings
 
 SERVERS = 3
 """Process 0 takes the changes; the others must find them by polling the database."""

@@ -6,11 +6,10 @@ import time
 import uuid
 
 from api.runtime import Runtime
+from api.settings import Settings
 from benchmarks.context import BenchContext
 from benchmarks.runner import Row, Summary, Variant, alternate, compared_row
-from dispatch.bucketing import bucket
-from dispatch.router import route
-from execution.settings import Settings
+from dispatch.rollout.policy import bucket, route
 
 TARGET_NS = 1_000.0
 TOOL = "noop"

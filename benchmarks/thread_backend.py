@@ -7,6 +7,7 @@ from concurrent.futures import wait
 from contextlib import ExitStack
 
 from api.runtime import Runtime
+from api.settings import Settings
 from backends.base import TaskBackend
 from benchmarks.context import BenchContext, per_task_micros
 from benchmarks.handwritten_pool import HandWrittenPool
@@ -14,7 +15,6 @@ from benchmarks.rows import count_status, require_status
 from benchmarks.runner import Row, Variant, alternate, compared_row
 from dispatch.dispatcher import NewTask
 from execution import database
-from execution.settings import Settings
 from execution.status import TaskStatus
 
 TARGET_RATIO = 0.8

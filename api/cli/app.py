@@ -14,10 +14,11 @@ from api.cli.bootstrap import KeyFileError, ensure_operator_key
 from api.cli.console import err, fail, out, print_table, settings_or_exit
 from api.cli.keys import keys_app
 from api.cli.rollout import rollout_app
+from api.settings import Settings
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging
 from execution.redaction import redact_url
-from execution.settings import Settings, SettingsError
+from execution.settings import SettingsError
 from execution.tools.registry import Tool, ToolLoadError, load_registry
 
 app = typer.Typer(
@@ -88,10 +89,10 @@ def worker(
 ) -> None:
     """Run a Celery worker with Switchyard's app, settings and tools loaded.
 
-    The same as `celery -A backends.celery_worker worker -Q <queues> -c <n>`.
+    The same as `celery -A api.worker worker -Q <queues> -c <n>`.
     """
+    from api.worker import build_worker_app, prepare_worker_database
     from backends.celery_app import queues_of
-    from backends.celery_tasks import build_worker_app, prepare_worker_database
 
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, json_output=settings.log_json)

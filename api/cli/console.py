@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from api.settings import Settings, load_settings
 from execution.redaction import redact_text
-from execution.settings import Settings, SettingsError, load_settings
+from execution.settings import SettingsError
 
 out = Console()
 err = Console(stderr=True)

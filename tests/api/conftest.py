@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.keys import Role
 from api.runtime import Runtime
+from api.settings import Settings
 from backends.base import TaskBackend
 from backends.testing import RecordingBackend
-from execution.settings import Settings
 from execution.tools.registry import load_registry
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from api.limits import MAX_PAYLOAD_DEPTH
-from execution.settings import SettingsError, load_settings
+from api.settings import load_settings
+from execution.settings import SettingsError
 from tests.api.conftest import ApiUnderTest, BuildApi, Keyholder
 
 JSON = {"Content-Type": "application/json"}

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from fastapi.testclient import TestClient
 
 from api.runtime import Runtime
+from api.settings import Settings
 from backends.base import BackendHealth, TaskBackend
 from backends.testing import InlineBackend, RecordingBackend
 from execution.executor import TaskExecutor
-from execution.settings import Settings
 from execution.tools.registry import ToolRegistry
 from tests.helpers import operator_client
 

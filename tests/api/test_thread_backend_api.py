@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.runtime import Runtime
-from execution.settings import Settings
+from api.settings import Settings
 from execution.tools.registry import ToolRegistry
 from tests.helpers import operator_client, wait_until
 from tests.tools import Gate

@@ -12,12 +12,14 @@ import kombu.pools
 import pytest
 from kombu.transport import redis as kombu_redis
 
+from api.settings import Settings
 from backends.base import BackendUnavailable
 from backends.celery_app import RUN_TASK, make_celery_app, redis_priority
 from backends.celery_backend import CeleryBackend
 from dispatch.dispatcher import Dispatcher, NewTask
-from dispatch.router import RolloutPolicy, StaticRollout
-from execution.settings import Settings, SettingsError
+from dispatch.rollout.policy import RolloutPolicy
+from dispatch.rollout.watch import StaticRollout
+from execution.settings import SettingsError
 from execution.store import TaskFilter, TaskStore
 from execution.tools.registry import Tool, ToolContext, ToolRegistry
 

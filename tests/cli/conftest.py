@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from execution.settings import Settings
+from api.settings import Settings
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("switchyard")
 # Rich and Typer read these to decide a terminal's width or that there is one at all.

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from api.cli import app as cli
 from api.cli import console
-from execution.settings import Settings
+from api.settings import Settings
 from execution.tools.registry import Tool
 from tests.cli.conftest import RunSwitchyard
 

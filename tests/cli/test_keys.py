@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from api.cli.app import app, startup_banner
 from api.cli.client import api_client
-from execution.settings import Settings
+from api.settings import Settings
 from tests.cli.conftest import RunSwitchyard
 
 TOKEN = re.compile(r"sy_(?P<key_id>[0-9a-f]{16})_[A-Za-z0-9_-]{43}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from api.runtime import Runtime
-from execution.settings import Settings
+from api.settings import Settings
 from execution.status import TaskStatus
 from execution.store import TaskFilter
 from tests.helpers import operator_client, wait_until

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from api.runtime import Runtime
-from execution.settings import Settings
+from api.settings import Settings
 from execution.status import TaskStatus
 from execution.store import TaskFilter
 from tests.integration.servers import RedisServer, free_port

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from execution.settings import Settings, SettingsError, load_settings
+from api.settings import Settings, load_settings
+from execution.settings import SettingsError
 
 REPO = Path(__file__).resolve().parents[2]
 
