@@ -1,4 +1,8 @@
-"""The composition root: builds every component from one Settings object, starts and stops them."""
+"""Composition root of the API process: builds every component from one Settings, starts, stops.
+
+The worker process has its own root (api/worker.py); both build their executor with
+`build_executor`, so a task writes the same rows whichever backend runs it.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,52 @@ from sqlalchemy import Engine
 
 from api.keys import KeyStore
 from api.ratelimit import SlidingWindowLimiter
+from api.settings import Settings
 from backends.base import TaskBackend
-from backends.registry import build_backends
+from backends.registry import build_backend
 from dispatch.dispatcher import Dispatcher
-from dispatch.rollout_control import RolloutControl
+from dispatch.rollout.control import RolloutControl
+from dispatch.rollout.store import RolloutStore
+from dispatch.rollout.watch import RolloutWatcher
 from execution import database
-from execution.executor import TaskExecutor
-from execution.rollout_store import RolloutStore
-from execution.rollout_watch import RolloutWatcher
-from execution.settings import Settings
+from execution.executor import ExecutorLimits, TaskExecutor
+from execution.status import BackendName
 from execution.store import TaskStore
-from execution.tools.registry import ToolRegistry
-from execution.wiring import build_executor
+from execution.time_limits import SoftTimeLimit
+from execution.tools.registry import ToolRegistry, load_registry
 
 log = structlog.get_logger(__name__)
+
+
+def build_executor(
+    settings: Settings,
+    *,
+    store: TaskStore,
+    registry: ToolRegistry,
+    soft_limit_errors: tuple[type[BaseException], ...] = (),
+) -> TaskExecutor:
+    """The executor every process runs tasks with; `soft_limit_errors` is the backend's own."""
+    return TaskExecutor(
+        store=store,
+        registry=registry,
+        data_dir=settings.switchyard_data_dir,
+        limits=ExecutorLimits(
+            soft_time_limit=settings.celery_task_soft_time_limit,
+            soft_limit_errors=soft_limit_errors,
+        ),
+        hooks=(SoftTimeLimit(),),
+    )
+
+
+def rollout_watcher(settings: Settings, engine: Engine, *, use_celery: bool) -> RolloutWatcher:
+    """The stored rollout, kept current in this process (not started)."""
+    return RolloutWatcher(
+        RolloutStore(engine),
+        use_celery=use_celery,
+        seed_percentage=settings.celery_rollout_percentage,
+        salt=settings.rollout_salt,
+        interval=settings.rollout_refresh_seconds,
+    )
 
 
 @dataclass
@@ -35,7 +71,6 @@ class Runtime:
     registry: ToolRegistry
     executor: TaskExecutor
     backends: dict[str, TaskBackend]
-    rollout_store: RolloutStore
     rollout: RolloutWatcher
     dispatcher: Dispatcher
     rollout_control: RolloutControl
@@ -51,34 +86,27 @@ class Runtime:
         registry: ToolRegistry | None = None,
     ) -> Runtime:
         """Wire the components; `backends`/`registry` replace the real ones in tests."""
-        executor = build_executor(settings, registry=registry)
-        store, engine = executor.store, executor.store.engine
+        engine = database.make_engine(settings.database_url)
+        store = TaskStore(engine)
+        registry = registry or load_registry(settings.tool_modules)
+        executor = build_executor(settings, store=store, registry=registry)
         if backends is None:
-            backends = build_backends(settings, executor)
-        rollout_store = RolloutStore(engine)
-        rollout = RolloutWatcher(
-            rollout_store,
-            use_celery=settings.use_celery,
-            seed_percentage=settings.celery_rollout_percentage,
-            salt=settings.rollout_salt,
-            interval=settings.rollout_refresh_seconds,
-        )
-        dispatcher = Dispatcher(
-            store=store, registry=executor.registry, backends=backends, rollout=rollout
-        )
+            # Threads always (they also run what a rollback hands back); Celery when switched on.
+            names = [BackendName.THREAD, *([BackendName.CELERY] if settings.use_celery else [])]
+            backends = {name: build_backend(name, settings, executor) for name in names}
+        rollout = rollout_watcher(settings, engine, use_celery=settings.use_celery)
         return cls(
             settings=settings,
             engine=engine,
             store=store,
-            registry=executor.registry,
+            registry=registry,
             executor=executor,
             backends=backends,
-            rollout_store=rollout_store,
             rollout=rollout,
-            dispatcher=dispatcher,
-            rollout_control=RolloutControl(
-                store=rollout_store, watcher=rollout, registry=executor.registry, tasks=store
+            dispatcher=Dispatcher(
+                store=store, registry=registry, backends=backends, rollout=rollout
             ),
+            rollout_control=RolloutControl(watcher=rollout, registry=registry, tasks=store),
             keys=KeyStore(engine),
             rollout_change_limiter=SlidingWindowLimiter(
                 limit=settings.rollout_change_limit, window=settings.rollout_change_window_seconds

@@ -7,15 +7,15 @@ from collections.abc import Callable
 from backends.base import TaskBackend
 from backends.celery_app import make_celery_app
 from backends.celery_backend import CeleryBackend
+from backends.settings import BackendSettings
 from backends.thread_pool import ThreadPoolBackend
 from execution.executor import TaskExecutor
-from execution.settings import Settings
 from execution.status import BackendName
 
-BackendFactory = Callable[[Settings, TaskExecutor], TaskBackend]
+BackendFactory = Callable[[BackendSettings, TaskExecutor], TaskBackend]
 
 
-def _thread(settings: Settings, executor: TaskExecutor) -> TaskBackend:
+def _thread(settings: BackendSettings, executor: TaskExecutor) -> TaskBackend:
     return ThreadPoolBackend(
         executor=executor,
         workers=settings.background_workers,
@@ -24,7 +24,7 @@ def _thread(settings: Settings, executor: TaskExecutor) -> TaskBackend:
     )
 
 
-def _celery(settings: Settings, executor: TaskExecutor) -> TaskBackend:
+def _celery(settings: BackendSettings, executor: TaskExecutor) -> TaskBackend:
     return CeleryBackend(
         app=make_celery_app(settings, executor.registry),
         registry=executor.registry,
@@ -35,9 +35,6 @@ def _celery(settings: Settings, executor: TaskExecutor) -> TaskBackend:
 FACTORIES: dict[str, BackendFactory] = {BackendName.THREAD: _thread, BackendName.CELERY: _celery}
 
 
-def build_backends(settings: Settings, executor: TaskExecutor) -> dict[str, TaskBackend]:
-    """The backends this process can hand tasks to, keyed by name."""
-    names = [BackendName.THREAD]
-    if settings.use_celery:
-        names.append(BackendName.CELERY)
-    return {name: FACTORIES[name](settings, executor) for name in names}
+def build_backend(name: str, settings: BackendSettings, executor: TaskExecutor) -> TaskBackend:
+    """The backend registered under `name`, built from its settings."""
+    return FACTORIES[name](settings, executor)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from execution.records import TaskRecord
+from execution.hooks import ExecutorHook, Failure, Run
 from execution.store import TaskStore
+from execution.time_limits import SoftTimeLimitExceeded
 from execution.tools.registry import InvalidPayload, ToolContext, ToolRegistry, UnknownTool
 
 log = structlog.get_logger(__name__)
@@ -27,10 +29,6 @@ class RunOutcome(StrEnum):
     """The tool returned and the result was stored."""
     FAILED = "failed"
     """The tool raised, or could not start; the reason was stored."""
-
-
-class SoftTimeLimitExceeded(Exception):  # same name as Celery's, so rows match
-    """The tool reported progress after its soft time limit."""
 
 
 class TaskNoLongerRunning(Exception):
@@ -59,11 +57,13 @@ class TaskExecutor:
         registry: ToolRegistry,
         data_dir: Path,
         limits: ExecutorLimits | None = None,
+        hooks: Sequence[ExecutorHook] = (),
     ) -> None:
         self.store = store
         self.registry = registry
         self.data_dir = data_dir
         self.limits = limits or ExecutorLimits()
+        self.hooks = tuple(hooks)
         self._soft_limit_errors: tuple[type[BaseException], ...] = (
             SoftTimeLimitExceeded,
             *self.limits.soft_limit_errors,
@@ -71,6 +71,8 @@ class TaskExecutor:
 
     def run(self, task_id: str) -> RunOutcome:
         """Run the task once if it is QUEUED; a second copy of the same task does nothing."""
+        for hook in self.hooks:
+            hook.before_claim(task_id)
         record = self.store.claim(task_id)
         if record is None:
             current = self.store.get(task_id)
@@ -90,60 +92,65 @@ class TaskExecutor:
         # DEBUG: the claim is in task_events already, and on the hot path an INFO line costs
         # about as much as a status write; the task's INFO line is the one saying how it ended.
         bound.debug("task.claimed")
+        run = Run(task=record, tool=None, started=time.monotonic(), soft_time_limit=None)
         try:
-            return self._run_claimed(record, bound)
-        except Exception as exc:  # the store itself failed mid-run: record it if we still can
+            return self._run_claimed(run, bound)
+        except Exception as exc:  # the store or a hook failed mid-run: record it if we still can
             bound.exception("task.executor_error")
-            self._fail(record, "ExecutorError", f"{type(exc).__name__}: {exc}", bound)
-            return RunOutcome.FAILED
+            return self._fail(run, Failure("ExecutorError", f"{type(exc).__name__}: {exc}"), bound)
 
-    def _run_claimed(self, record: TaskRecord, bound: Any) -> RunOutcome:
+    def _run_claimed(self, run: Run, bound: Any) -> RunOutcome:
         try:
-            spec = self.registry[record.tool_id]
-            payload = spec.validate_payload(record.payload)
+            spec = self.registry[run.task.tool_id]
+            payload = spec.validate_payload(run.task.payload)
         except (UnknownTool, InvalidPayload) as exc:
-            return self._fail(record, type(exc).__name__, str(exc), bound)
-
-        soft_limit = spec.soft_time_limit or self.limits.soft_time_limit
-        progress = _ProgressWriter(
-            store=self.store,
-            task_id=record.task_id,
-            min_interval=self.limits.progress_min_interval,
-            deadline=time.monotonic() + soft_limit if soft_limit else None,
+            return self._fail(run, Failure(type(exc).__name__, str(exc)), bound)
+        run = replace(
+            run, tool=spec, soft_time_limit=spec.soft_time_limit or self.limits.soft_time_limit
         )
+        for hook in self.hooks:
+            hook.after_claim(run)
         context = ToolContext(
-            task_id=record.task_id,
-            attempt=record.attempts,
+            task_id=run.task.task_id,
+            attempt=run.task.attempts,
             payload=payload,
-            progress=progress,
+            progress=_ProgressWriter(
+                store=self.store, run=run, hooks=self.hooks, limits=self.limits
+            ),
             data_dir=self.data_dir,
         )
-        started = time.perf_counter()
         try:
             result = spec.handler(context)
         except TaskNoLongerRunning:
             bound.info("task.abandoned")
             return RunOutcome.NOT_CLAIMED
         except self._soft_limit_errors:
-            limit = f"{soft_limit:g}s " if soft_limit else ""
-            message = f"soft time limit {limit}exceeded"
-            return self._fail(record, SoftTimeLimitExceeded.__name__, message, bound)
+            limit = f"{run.soft_time_limit:g}s " if run.soft_time_limit else ""
+            failure = Failure(SoftTimeLimitExceeded.__name__, f"soft time limit {limit}exceeded")
+            return self._fail(run, failure, bound)
         except Exception as exc:
             bound.error("task.tool_raised", exc_info=True)
-            return self._fail(record, type(exc).__name__, str(exc), bound)
+            return self._fail(run, Failure(type(exc).__name__, str(exc)), bound)
         try:
             json.dumps(result, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            return self._fail(record, "ResultNotSerializable", str(exc), bound)
-        if self.store.complete(record.task_id, result=result) is None:
+            return self._fail(run, Failure("ResultNotSerializable", str(exc)), bound)
+        if self.store.complete(run.task.task_id, result=result) is None:
             bound.warning("task.complete_skipped", reason="row left PROCESSING")
             return RunOutcome.NOT_CLAIMED
-        bound.info("task.completed", seconds=round(time.perf_counter() - started, 6))
+        for hook in self.hooks:
+            hook.on_success(run, result)
+        bound.info("task.completed", seconds=round(time.monotonic() - run.started, 6))
         return RunOutcome.COMPLETED
 
-    def _fail(self, record: TaskRecord, code: str, message: str, bound: Any) -> RunOutcome:
-        self.store.fail(record.task_id, error_code=code, error_message=message[:4000])
-        bound.info("task.failed", error_code=code)
+    def _fail(self, run: Run, failure: Failure, bound: Any) -> RunOutcome:
+        stored = Failure(failure.error_code, failure.message[:4000])
+        self.store.fail(
+            run.task.task_id, error_code=stored.error_code, error_message=stored.message
+        )
+        for hook in self.hooks:
+            hook.on_failure(run, stored)
+        bound.info("task.failed", error_code=stored.error_code)
         return RunOutcome.FAILED
 
 
@@ -151,21 +158,26 @@ class _ProgressWriter:
     """The `progress(pct, message)` a tool calls; writes only when something visible changed."""
 
     def __init__(
-        self, *, store: TaskStore, task_id: str, min_interval: float, deadline: float | None
+        self,
+        *,
+        store: TaskStore,
+        run: Run,
+        hooks: tuple[ExecutorHook, ...],
+        limits: ExecutorLimits,
     ) -> None:
         self._store = store
-        self._task_id = task_id
-        self._min_interval = min_interval
-        self._deadline = deadline
+        self._run = run
+        self._hooks = hooks
+        self._min_interval = limits.progress_min_interval
         self._last_percent = 0
         self._last_message: str | None = "started"
         self._last_write = 0.0
 
     def __call__(self, percent: float, message: str | None = None) -> None:
-        now = time.monotonic()
-        if self._deadline is not None and now > self._deadline:
-            raise SoftTimeLimitExceeded("soft time limit exceeded")
         whole = max(0, min(100, int(percent)))
+        for hook in self._hooks:
+            hook.on_progress(self._run, whole, message)
+        now = time.monotonic()
         percent_moved = whole != self._last_percent
         message_moved = message != self._last_message
         # A write per whole percent keeps histories identical across backends; message-only
@@ -174,6 +186,7 @@ class _ProgressWriter:
             message_moved and now - self._last_write >= self._min_interval
         ):
             return
-        if not self._store.record_progress(self._task_id, progress=whole, message=message):
-            raise TaskNoLongerRunning(self._task_id)
+        task_id = self._run.task.task_id
+        if not self._store.record_progress(task_id, progress=whole, message=message):
+            raise TaskNoLongerRunning(task_id)
         self._last_percent, self._last_message, self._last_write = whole, message, now

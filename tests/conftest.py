@@ -13,12 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from api.runtime import Runtime
+from api.settings import Settings
 from backends.testing import InlineBackend
 from backends.thread_pool import ThreadPoolBackend
 from execution.database import make_engine, upgrade
 from execution.executor import TaskExecutor
-from execution.settings import Settings
 from execution.store import TaskStore
+from execution.time_limits import SoftTimeLimit
 from execution.tools.registry import ToolRegistry
 from tests.helpers import operator_client
 from tests.tools import Gate, build_registry
@@ -79,8 +80,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def executor(store: TaskStore, registry: ToolRegistry, data_dir: Path) -> TaskExecutor:
-    """An executor with the default limits."""
-    return TaskExecutor(store=store, registry=registry, data_dir=data_dir)
+    """An executor with the default limits and the hooks production runs with."""
+    return TaskExecutor(store=store, registry=registry, data_dir=data_dir, hooks=(SoftTimeLimit(),))
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from execution.executor import ExecutorLimits, RunOutcome, TaskExecutor
+from execution.executor import RunOutcome, TaskExecutor
 from execution.records import TaskRecord
 from execution.status import TaskStatus
 from execution.store import TaskStore
-from execution.tools.registry import ToolRegistry
 from tests.helpers import queued_task
 from tests.tools import Gate
 
@@ -161,20 +159,3 @@ def test_ten_thousand_tiny_progress_steps_write_about_one_event_per_percent(
     written = _progress_events(store, record.task_id)
     assert len(written) <= 101
     assert {progress for progress, _ in written} == set(range(101))
-
-
-def test_progress_after_the_soft_time_limit_fails_the_task(
-    store: TaskStore, registry: ToolRegistry, data_dir: Path
-) -> None:
-    executor = TaskExecutor(
-        store=store,
-        registry=registry,
-        data_dir=data_dir,
-        limits=ExecutorLimits(soft_time_limit=0.001),
-    )
-
-    outcome, record = _run(executor, store, "tick-until-stopped")
-
-    assert outcome is RunOutcome.FAILED
-    assert record.status is TaskStatus.FAILED
-    assert record.error_code == "SoftTimeLimitExceeded"

@@ -1,0 +1,82 @@
+"""Composition root of a Celery worker process: `switchyard worker`, `celery -A api.worker ...`.
+
+`celery -A api.worker worker|inspect|flower` reads `app` from here: it is built from the
+environment on first access (never at import), so importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import setup_logging
+
+from api.runtime import build_executor, rollout_watcher
+from api.settings import Settings, load_settings
+from backends.celery_app import make_celery_app
+from backends.celery_tasks import PerProcess, WorkerServices, register_run_task
+from execution import database
+from execution.logs import configure_logging
+from execution.settings import SettingsError
+from execution.store import TaskStore
+from execution.tools.registry import ToolLoadError, ToolRegistry, load_registry
+
+
+def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerServices:
+    """One worker process's executor, and the rollout deciding which tasks it hands back."""
+    engine = database.make_engine(settings.database_url)
+    executor = build_executor(
+        settings,
+        store=TaskStore(engine),
+        registry=registry,
+        soft_limit_errors=(SoftTimeLimitExceeded,),
+    )
+    # Workers honour the stored rollout only: USE_CELERY is the switch of the processes that
+    # create tasks, and a worker without it set must not hand every task back.
+    rollout = rollout_watcher(settings, engine, use_celery=True)
+    rollout.start()
+    return WorkerServices(
+        executor=executor, hand_back_to=lambda tool_id: rollout.current().hand_back_to(tool_id)
+    )
+
+
+def build_worker_app(settings: Settings, *, registry: ToolRegistry | None = None) -> Celery:
+    """A Celery app with the run task registered, ready for `worker_main`."""
+    tools = registry or load_registry(settings.tool_modules)
+    app = make_celery_app(settings, tools)
+    register_run_task(app, PerProcess(lambda: worker_services(settings, tools)))
+
+    def use_our_logging(**_: Any) -> None:
+        configure_logging(level=settings.log_level, json_output=settings.log_json)
+
+    # Connecting a receiver tells Celery not to install its own logging handlers.
+    setup_logging.connect(use_our_logging, weak=False)
+    return app
+
+
+def prepare_worker_database(settings: Settings) -> None:
+    """Migrate the embedded database, or refuse an external one that is behind the code."""
+    engine = database.make_engine(settings.database_url)
+    try:
+        database.prepare(engine, migrate=settings.is_embedded_database)
+    finally:
+        engine.dispose()
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Celery:
+    """`app` for Celery's own CLI, built from the environment the first time it is asked for."""
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        try:
+            _app = build_worker_app(load_settings())
+        except (SettingsError, ToolLoadError) as exc:  # one line for the operator
+            sys.stderr.write(f"error: {exc}\n")
+            raise SystemExit(2) from None
+    return _app

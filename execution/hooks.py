@@ -1,0 +1,56 @@
+"""Executor hooks: one concern each (time limits, leases, retries, metrics) around a run.
+
+A hook subclasses `ExecutorHook` and overrides the moments it needs; every method here is a
+documented no-op. The executor calls its hooks directly, in the order it was given them, and
+lets their errors surface: an error in `after_claim` or `on_progress` fails the attempt like a
+tool error would, so a hook can stop a tool (the soft time limit does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from execution.records import TaskRecord
+from execution.tools.registry import Tool
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One attempt of one task, as hooks see it."""
+
+    task: TaskRecord
+    """The row as the claim left it: PROCESSING, `attempts` counting this attempt."""
+    tool: Tool | None
+    """The tool that runs it; None when the tool is unknown or the payload does not fit."""
+    started: float
+    """`time.monotonic()` at the claim."""
+    soft_time_limit: float | None
+    """Seconds the tool may run before it is asked to stop (its own, else the default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How an attempt failed, as it is stored."""
+
+    error_code: str
+    message: str
+
+
+class ExecutorHook:
+    """A concern around each run; override only what it needs."""
+
+    def before_claim(self, task_id: str) -> None:
+        """A backend asked to run `task_id`; nothing is known about it yet."""
+
+    def after_claim(self, run: Run) -> None:
+        """The claim succeeded; the tool has not started."""
+
+    def on_progress(self, run: Run, percent: int, message: str | None) -> None:
+        """The tool reported progress, before the executor decides whether to store it."""
+
+    def on_success(self, run: Run, result: Any) -> None:
+        """The result is stored: the task is COMPLETED."""
+
+    def on_failure(self, run: Run, failure: Failure) -> None:
+        """The failure is stored: the task is FAILED."""
