@@ -11,10 +11,27 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Column, Engine, RowMapping, Table, func, insert, select, update
+from sqlalchemy import Column, Engine, RowMapping, String, Table, func, insert, select, update
+from sqlalchemy.orm import Mapped, mapped_column
 
-from execution.models import ApiKeyRow
+from execution.models import Base
 from execution.store import utcnow
+
+
+class ApiKeyRow(Base):
+    """One API key: whose it is, what it may do, and only a hash of its secret."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
 
 _KEYS = cast(Table, ApiKeyRow.__table__)
 

@@ -1,4 +1,8 @@
-"""Request and response bodies: strict in, allow-listed out."""
+"""Request and response bodies: strict in, allow-listed out.
+
+A task is shown as its `TaskRecord` (ISO 8601 UTC times): the record is the one list of a
+task's fields, so the API cannot fall behind the table.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.limits import check_storable_json
-from execution.rollout import Stickiness
+from dispatch.rollout.policy import Percentage, Stickiness
+from execution.records import TaskRecord
 from execution.status import TaskStatus
 
 
@@ -35,39 +40,10 @@ class TaskCreate(Strict):
         return payload
 
 
-class TaskOut(BaseModel):
-    """A task row as the API shows it; column names, ISO 8601 UTC times."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    task_id: str
-    user_id: str
-    tool_id: str
-    status: TaskStatus
-    progress: int
-    message: str | None
-    priority: int
-    payload: Any
-    result: Any
-    error_code: str | None
-    error_message: str | None
-    backend: str | None
-    celery_task_id: str | None
-    attempts: int
-    rollout_bucket: int | None
-    rollout_percentage: float | None
-    created_at: datetime
-    queued_at: datetime | None
-    processing_started_at: datetime | None
-    completed_at: datetime | None
-    failed_at: datetime | None
-    updated_at: datetime
-
-
 class TaskPage(BaseModel):
     """One page of a task listing."""
 
-    items: list[TaskOut]
+    items: list[TaskRecord]
     limit: int
     offset: int
 
@@ -107,16 +83,15 @@ class RolloutOut(BaseModel):
     explanation: str
 
 
-Share = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
 Reason = Annotated[str, Field(min_length=1, max_length=500, description="Why; kept in history")]
 
 
 class RolloutUpdate(Strict):
     """PUT /rollout: the fields given replace the stored ones; `tool_overrides` as a whole."""
 
-    percentage: Share | None = None
-    tool_overrides: dict[Annotated[str, Field(min_length=1, max_length=128)], Share] | None = Field(
-        default=None, max_length=200
+    percentage: Percentage | None = None
+    tool_overrides: dict[Annotated[str, Field(min_length=1, max_length=128)], Percentage] | None = (
+        Field(default=None, max_length=200)
     )
     stickiness: Stickiness | None = None
     reason: Reason

@@ -17,9 +17,9 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, bindparam, insert, update
 
-from execution.models import TaskEventRow, TaskRow
+from execution.models import TaskEventRow
+from execution.records import TASKS
 
-TASKS = cast(Table, TaskRow.__table__)
 EVENTS = cast(Table, TaskEventRow.__table__)
 
 INSERT_TASK = insert(TASKS).values(

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import cast
+from sqlalchemy import Engine, func, select
 
-from sqlalchemy import Engine, Table, func, select
-
-from execution.models import TaskRow
+from execution.records import TASKS
 from execution.status import TaskStatus
-
-TASKS = cast(Table, TaskRow.__table__)
 
 
 def count_status(engine: Engine, status: TaskStatus, *, backend: str | None = None) -> int:

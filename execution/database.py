@@ -55,7 +55,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def alembic_config(engine: Engine) -> Config:
     """Alembic pointed at the packaged migrations, reusing this engine."""
     config = Config()
-    config.set_main_option("script_location", str(files("execution") / "migrations"))
+    config.set_main_option("script_location", str(files("migrations")))
     config.set_main_option("sqlalchemy.url", redact_url(str(engine.url)))
     config.attributes["engine"] = engine
     return config

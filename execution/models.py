@@ -1,24 +1,31 @@
-"""SQLAlchemy models of the status store; Alembic migrations are generated from these."""
+"""How records are stored: the declarative base, UTC times, and tables derived from records.
+
+Every room declares its own tables on `Base` (execution: tasks and their events; dispatch: the
+rollout; api: keys); migrations/ holds the one Alembic history of them all.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from sqlalchemy import (
     JSON,
+    Column,
     DateTime,
-    Float,
     ForeignKey,
-    Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.schema import SchemaItem
+from sqlalchemy.types import TypeEngine
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -54,35 +61,39 @@ Base.metadata.naming_convention = {
 }
 
 
-class TaskRow(Base):
-    """One task: its request, where it runs, where it is, and how it ended."""
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """How a record's field is stored: `Annotated[int | None, Stored(Integer, index=True)]`.
 
-    __tablename__ = "tasks"
+    Nullable follows the field's type (`X | None`) unless given, which `Any` needs.
+    """
 
-    task_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(128), index=True)
-    tool_id: Mapped[str] = mapped_column(String(128), index=True)
-    status: Mapped[str] = mapped_column(String(16))
-    progress: Mapped[int] = mapped_column(Integer, default=0)
-    message: Mapped[str | None] = mapped_column(Text)
-    priority: Mapped[int] = mapped_column(Integer, default=0)
-    payload: Mapped[Any] = mapped_column(JSON)
-    result: Mapped[Any | None] = mapped_column(JSON)
-    error_code: Mapped[str | None] = mapped_column(String(128))
-    error_message: Mapped[str | None] = mapped_column(Text)
-    backend: Mapped[str | None] = mapped_column(String(16), index=True)
-    celery_task_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    rollout_bucket: Mapped[int | None] = mapped_column(Integer)
-    rollout_percentage: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime]
-    queued_at: Mapped[datetime | None]
-    processing_started_at: Mapped[datetime | None]
-    completed_at: Mapped[datetime | None]
-    failed_at: Mapped[datetime | None]
-    updated_at: Mapped[datetime]
+    type: TypeEngine[Any] | type[TypeEngine[Any]]
+    primary_key: bool = False
+    index: bool = False
+    nullable: bool | None = None
 
-    __table_args__ = (Index("ix_tasks_status_created_at", "status", "created_at"),)
+
+def table_of(record: type[Any], name: str, *extra: SchemaItem) -> Table:
+    """The table whose columns are `record`'s fields, in order, as their `Stored` says."""
+    hints = get_type_hints(record, include_extras=True)
+    columns: list[SchemaItem] = []
+    for field in fields(record):
+        python_type, *metadata = get_args(hints[field.name])
+        stored = next(item for item in metadata if isinstance(item, Stored))
+        nullable = stored.nullable
+        if nullable is None:
+            nullable = type(None) in get_args(python_type)
+        columns.append(
+            Column(
+                field.name,
+                stored.type,
+                primary_key=stored.primary_key,
+                index=stored.index,
+                nullable=nullable and not stored.primary_key,
+            )
+        )
+    return Table(name, Base.metadata, *columns, *extra)
 
 
 class TaskEventRow(Base):
@@ -101,49 +112,3 @@ class TaskEventRow(Base):
     at: Mapped[datetime]
 
     __table_args__ = (UniqueConstraint("task_id", "seq"),)
-
-
-class RolloutStateRow(Base):
-    """The one row holding the rollout every process routes by; `version` guards changes."""
-
-    __tablename__ = "rollout_state"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
-    percentage: Mapped[float] = mapped_column(Float)
-    tool_overrides: Mapped[dict[str, Any]] = mapped_column(JSON)
-    stickiness: Mapped[str] = mapped_column(String(16))
-    salt: Mapped[str] = mapped_column(String(128))
-    restore_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    updated_at: Mapped[datetime]
-    updated_by: Mapped[str] = mapped_column(String(128))
-
-
-class RolloutEventRow(Base):
-    """One accepted rollout change: who, when, from what, to what, and why."""
-
-    __tablename__ = "rollout_events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    version: Mapped[int] = mapped_column(Integer, unique=True)
-    action: Mapped[str] = mapped_column(String(16))
-    actor: Mapped[str] = mapped_column(String(128))
-    reason: Mapped[str] = mapped_column(Text)
-    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    after: Mapped[dict[str, Any]] = mapped_column(JSON)
-    at: Mapped[datetime]
-
-
-class ApiKeyRow(Base):
-    """One API key: whose it is, what it may do, and only a hash of its secret."""
-
-    __tablename__ = "api_keys"
-
-    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(128), index=True)
-    role: Mapped[str] = mapped_column(String(16))
-    name: Mapped[str | None] = mapped_column(String(128))
-    key_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime]
-    revoked_at: Mapped[datetime | None]
-    last_used_at: Mapped[datetime | None]

@@ -1,13 +1,19 @@
-"""Immutable values read from the status store; the rest of the code never sees a DB row."""
+"""Immutable values read from the status store; the rest of the code never sees a DB row.
+
+`TaskRecord` is the one list of a task's columns: the `tasks` table, the store's inserts and
+the API's task body are all derived from its fields, so a new column is one field here (with
+how it is stored) plus a migration.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from sqlalchemy import RowMapping
+from sqlalchemy import JSON, Float, Index, Integer, RowMapping, String, Text
 
+from execution.models import Stored, UTCDateTime, table_of
 from execution.status import TaskStatus
 
 
@@ -15,28 +21,28 @@ from execution.status import TaskStatus
 class TaskRecord:
     """One task as stored; change it with `dataclasses.replace()`, never in place."""
 
-    task_id: str
-    user_id: str
-    tool_id: str
-    status: TaskStatus
-    progress: int
-    message: str | None
-    priority: int
-    payload: Any
-    result: Any
-    error_code: str | None
-    error_message: str | None
-    backend: str | None
-    celery_task_id: str | None
-    attempts: int
-    rollout_bucket: int | None
-    rollout_percentage: float | None
-    created_at: datetime
-    queued_at: datetime | None
-    processing_started_at: datetime | None
-    completed_at: datetime | None
-    failed_at: datetime | None
-    updated_at: datetime
+    task_id: Annotated[str, Stored(String(36), primary_key=True)]
+    user_id: Annotated[str, Stored(String(128), index=True)]
+    tool_id: Annotated[str, Stored(String(128), index=True)]
+    status: Annotated[TaskStatus, Stored(String(16))]
+    progress: Annotated[int, Stored(Integer)]
+    message: Annotated[str | None, Stored(Text)]
+    priority: Annotated[int, Stored(Integer)]
+    payload: Annotated[Any, Stored(JSON, nullable=False)]
+    result: Annotated[Any, Stored(JSON, nullable=True)]
+    error_code: Annotated[str | None, Stored(String(128))]
+    error_message: Annotated[str | None, Stored(Text)]
+    backend: Annotated[str | None, Stored(String(16), index=True)]
+    celery_task_id: Annotated[str | None, Stored(String(64), index=True)]
+    attempts: Annotated[int, Stored(Integer)]
+    rollout_bucket: Annotated[int | None, Stored(Integer)]
+    rollout_percentage: Annotated[float | None, Stored(Float)]
+    created_at: Annotated[datetime, Stored(UTCDateTime)]
+    queued_at: Annotated[datetime | None, Stored(UTCDateTime)]
+    processing_started_at: Annotated[datetime | None, Stored(UTCDateTime)]
+    completed_at: Annotated[datetime | None, Stored(UTCDateTime)]
+    failed_at: Annotated[datetime | None, Stored(UTCDateTime)]
+    updated_at: Annotated[datetime, Stored(UTCDateTime)]
 
     @classmethod
     def from_row(cls, row: RowMapping) -> TaskRecord:
@@ -44,6 +50,14 @@ class TaskRecord:
         values = dict(row)
         values["status"] = TaskStatus(values["status"])
         return cls(**values)
+
+    def as_row(self) -> dict[str, Any]:
+        """Column name to value, as an INSERT takes it."""
+        return {name: getattr(self, name) for name in TASK_COLUMNS}
+
+
+TASK_COLUMNS = tuple(field.name for field in fields(TaskRecord))
+TASKS = table_of(TaskRecord, "tasks", Index("ix_tasks_status_created_at", "status", "created_at"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,16 +16,14 @@ from sqlalchemy import (
     select,
 )
 
-from execution.records import TaskEvent, TaskRecord
+from execution.records import TASKS, TaskEvent, TaskRecord
 from execution.status import TaskStatus
 from execution.task_statements import (
     ADD_ONE,
     EVENTS,
     INSERT_EVENT,
-    INSERT_ROUTED_TASK,
     INSERT_TASK,
     SELECT_TASK,
-    TASKS,
     update_statement,
 )
 
@@ -59,31 +57,6 @@ class TaskStore:
 
     # -- transitions ---------------------------------------------------------------------------
 
-    def create(
-        self, *, task_id: str, user_id: str, tool_id: str, payload: Any, priority: int
-    ) -> TaskRecord:
-        """Insert a CREATED row."""
-        now = utcnow()
-        with self._write_turn, self.engine.begin() as conn:
-            row = conn.execute(
-                INSERT_TASK,
-                {
-                    "task_id": task_id,
-                    "user_id": user_id,
-                    "tool_id": tool_id,
-                    "status": TaskStatus.CREATED,
-                    "progress": 0,
-                    "message": "created",
-                    "priority": priority,
-                    "payload": payload,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            ).one()
-            self._append_event(conn, task_id, TaskStatus.CREATED, 0, "created", now)
-        return TaskRecord.from_row(row._mapping)
-
     def create_queued(
         self,
         *,
@@ -98,57 +71,37 @@ class TaskStore:
         celery_task_id: str | None = None,
     ) -> TaskRecord:
         """Insert a task its dispatcher already routed: CREATED then QUEUED in its history, in
-        one commit (the dispatcher's hot path; `create` + `mark_queued` write the same)."""
+        one commit (the dispatcher's hot path)."""
         now = utcnow()
+        record = TaskRecord(
+            task_id=task_id,
+            user_id=user_id,
+            tool_id=tool_id,
+            status=TaskStatus.QUEUED,
+            progress=0,
+            message="queued",
+            priority=priority,
+            payload=payload,
+            result=None,
+            error_code=None,
+            error_message=None,
+            backend=backend,
+            celery_task_id=celery_task_id,
+            attempts=0,
+            rollout_bucket=rollout_bucket,
+            rollout_percentage=rollout_percentage,
+            created_at=now,
+            queued_at=now,
+            processing_started_at=None,
+            completed_at=None,
+            failed_at=None,
+            updated_at=now,
+        )
         with self._write_turn, self.engine.begin() as conn:
-            row = conn.execute(
-                INSERT_ROUTED_TASK,
-                {
-                    "task_id": task_id,
-                    "user_id": user_id,
-                    "tool_id": tool_id,
-                    "status": TaskStatus.QUEUED,
-                    "progress": 0,
-                    "message": "queued",
-                    "priority": priority,
-                    "payload": payload,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                    "backend": backend,
-                    "celery_task_id": celery_task_id,
-                    "rollout_bucket": rollout_bucket,
-                    "rollout_percentage": rollout_percentage,
-                    "queued_at": now,
-                },
-            ).one()
+            conn.execute(INSERT_TASK, record.as_row())
             self._append_event(conn, task_id, TaskStatus.CREATED, 0, "created", now)
             self._append_event(conn, task_id, TaskStatus.QUEUED, 0, "queued", now)
-        return TaskRecord.from_row(row._mapping)
-
-    def mark_queued(
-        self,
-        task_id: str,
-        *,
-        backend: str,
-        rollout_bucket: int | None,
-        rollout_percentage: float | None,
-        celery_task_id: str | None = None,
-    ) -> TaskRecord | None:
-        """CREATED -> QUEUED with the routing decision that sent it to `backend`."""
-        return self._transition(
-            task_id,
-            from_statuses=(TaskStatus.CREATED,),
-            to_status=TaskStatus.QUEUED,
-            message="queued",
-            values={
-                "backend": backend,
-                "celery_task_id": celery_task_id,
-                "rollout_bucket": rollout_bucket,
-                "rollout_percentage": rollout_percentage,
-            },
-            stamp="queued_at",
-        )
+        return record
 
     def claim(self, task_id: str) -> TaskRecord | None:
         """QUEUED -> PROCESSING, counting the attempt; None if another copy already has it."""
@@ -197,10 +150,10 @@ class TaskStore:
     def cancel(
         self, task_id: str, *, reason: str, error_code: str | None = None
     ) -> TaskRecord | None:
-        """CREATED/QUEUED -> CANCELLED; a task already running is not touched."""
+        """QUEUED -> CANCELLED; a task already running is not touched."""
         return self._transition(
             task_id,
-            from_statuses=(TaskStatus.CREATED, TaskStatus.QUEUED),
+            from_statuses=(TaskStatus.QUEUED,),
             to_status=TaskStatus.CANCELLED,
             message=reason,
             values={"error_code": error_code, "error_message": reason if error_code else None},

@@ -12,25 +12,11 @@ from typing import Any, cast
 
 from sqlalchemy import Table, Update, bindparam, func, insert, or_, select, update
 
-from execution.models import TaskEventRow, TaskRow
+from execution.models import TaskEventRow
+from execution.records import TASK_COLUMNS, TASKS
 from execution.status import TaskStatus
 
-TASKS = cast(Table, TaskRow.__table__)
 EVENTS = cast(Table, TaskEventRow.__table__)
-
-CREATE_COLUMNS = (
-    "task_id",
-    "user_id",
-    "tool_id",
-    "status",
-    "progress",
-    "message",
-    "priority",
-    "payload",
-    "attempts",
-    "created_at",
-    "updated_at",
-)
 
 
 def binds(table: Table, names: Iterable[str], prefix: str = "") -> dict[str, Any]:
@@ -38,16 +24,7 @@ def binds(table: Table, names: Iterable[str], prefix: str = "") -> dict[str, Any
     return {name: bindparam(prefix + name, type_=table.c[name].type) for name in names}
 
 
-INSERT_TASK = insert(TASKS).values(binds(TASKS, CREATE_COLUMNS)).returning(*TASKS.c)
-ROUTED_COLUMNS = (
-    *CREATE_COLUMNS,
-    "backend",
-    "celery_task_id",
-    "rollout_bucket",
-    "rollout_percentage",
-    "queued_at",
-)
-INSERT_ROUTED_TASK = insert(TASKS).values(binds(TASKS, ROUTED_COLUMNS)).returning(*TASKS.c)
+INSERT_TASK = insert(TASKS).values(binds(TASKS, TASK_COLUMNS))
 NEXT_SEQ = (
     select(func.coalesce(func.max(EVENTS.c.seq), 0) + 1)
     .where(EVENTS.c.task_id == bindparam("task_id"))

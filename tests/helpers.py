@@ -45,19 +45,16 @@ def queued_task(
     backend: str = "thread",
 ) -> TaskRecord:
     """A task written straight into the store as QUEUED, bypassing the dispatcher."""
-    task_id = str(uuid.uuid4())
-    store.create(
-        task_id=task_id,
+    return store.create_queued(
+        task_id=str(uuid.uuid4()),
         user_id="tester",
         tool_id=tool_id,
         payload={} if payload is None else payload,
         priority=priority,
+        backend=backend,
+        rollout_bucket=None,
+        rollout_percentage=None,
     )
-    record = store.mark_queued(
-        task_id, backend=backend, rollout_bucket=None, rollout_percentage=None
-    )
-    assert record is not None
-    return record
 
 
 class RecordedProgress:

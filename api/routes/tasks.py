@@ -10,7 +10,7 @@ from api.auth import UNAUTHORIZED, Caller, CallerDep, log_denied
 from api.deps import RuntimeDep
 from api.keys import USER_ID_PATTERN
 from api.runtime import Runtime
-from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskOut, TaskPage
+from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskPage
 from dispatch.dispatcher import NewTask
 from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
@@ -32,16 +32,16 @@ router = APIRouter(prefix="/tasks", tags=["tasks"], responses=UNAUTHORIZED)
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=TaskOut,
+    response_model=TaskRecord,
     responses={
         400: {"model": ErrorOut, "description": "Body nested or numbered past what JSON reads"},
         413: {"model": ErrorOut, "description": "Body larger than MAX_REQUEST_BYTES"},
         503: {"model": ErrorOut, "description": "The chosen backend cannot take the task now"},
     },
 )
-def create_task(body: TaskCreate, runtime: RuntimeDep, caller: CallerDep) -> TaskOut:
+def create_task(body: TaskCreate, runtime: RuntimeDep, caller: CallerDep) -> TaskRecord:
     """Create a task owned by the caller; it is QUEUED on the backend the rollout picks for it."""
-    record = runtime.dispatcher.submit(
+    return runtime.dispatcher.submit(
         NewTask(
             tool_id=body.tool_id,
             payload=body.payload,
@@ -49,7 +49,6 @@ def create_task(body: TaskCreate, runtime: RuntimeDep, caller: CallerDep) -> Tas
             user_id=caller.user_id,
         )
     )
-    return TaskOut.model_validate(record)
 
 
 @router.get(
@@ -83,13 +82,15 @@ def list_tasks(
         user_id = caller.user_id
     where = TaskFilter(status=status_, tool_id=tool_id, backend=backend, user_id=user_id)
     records = runtime.store.find(where, limit=limit, offset=offset)
-    return TaskPage(items=[TaskOut.model_validate(r) for r in records], limit=limit, offset=offset)
+    return TaskPage(items=records, limit=limit, offset=offset)
 
 
-@router.get("/{task_id}", response_model=TaskOut, responses=NOT_FOUND)
-def get_task(task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep) -> TaskOut:
+@router.get("/{task_id}", response_model=TaskRecord, responses=NOT_FOUND)
+def get_task(
+    task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep
+) -> TaskRecord:
     """One task's status, progress and result."""
-    return TaskOut.model_validate(_visible_task(task_id, request, runtime, caller))
+    return _visible_task(task_id, request, runtime, caller)
 
 
 @router.get("/{task_id}/events", response_model=list[TaskEventOut], responses=NOT_FOUND)
@@ -103,17 +104,17 @@ def get_task_events(
 
 @router.post(
     "/{task_id}/cancel",
-    response_model=TaskOut,
+    response_model=TaskRecord,
     responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The task has started"}},
 )
 def cancel_task(
     task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep
-) -> TaskOut:
+) -> TaskRecord:
     """Cancel a task that has not started; a running or finished task is left alone (409)."""
     _visible_task(task_id, request, runtime, caller)
     cancelled = runtime.store.cancel(task_id, reason=f"cancelled by {caller.user_id}")
     if cancelled is not None:
-        return TaskOut.model_validate(cancelled)
+        return cancelled
     current = runtime.store.get(task_id)
     assert current is not None, "tasks are never deleted"
     raise HTTPException(

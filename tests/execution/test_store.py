@@ -5,9 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, timedelta
-from typing import Any
 
 import pytest
 
@@ -17,22 +15,8 @@ from execution.store import TaskFilter, TaskStore
 from tests.helpers import queued_task
 
 
-def _new(store: TaskStore, **fields: Any) -> TaskRecord:
-    values: dict[str, Any] = {
-        "task_id": str(uuid.uuid4()),
-        "user_id": "tester",
-        "tool_id": "noop",
-        "payload": {},
-        "priority": 0,
-    }
-    values.update(fields)
-    return store.create(**values)
-
-
 def _in_status(store: TaskStore, status: TaskStatus) -> TaskRecord:
     """A task walked through the store's own transitions to `status`."""
-    if status is TaskStatus.CREATED:
-        return _new(store)
     record = queued_task(store)
     moves: dict[TaskStatus, Callable[[str], TaskRecord | None]] = {
         TaskStatus.QUEUED: store.get,
@@ -52,28 +36,42 @@ def _in_status(store: TaskStore, status: TaskStatus) -> TaskRecord:
     return moved
 
 
-def test_create_writes_a_created_row_and_its_first_event(store: TaskStore) -> None:
-    record = _new(store, tool_id="echo", payload={"n": 1}, priority=3)
+def test_a_routed_task_is_written_queued_with_created_and_queued_in_its_history(
+    store: TaskStore,
+) -> None:
+    record = store.create_queued(
+        task_id=str(uuid.uuid4()),
+        user_id="tester",
+        tool_id="echo",
+        payload={"n": 1},
+        priority=3,
+        backend="celery",
+        rollout_bucket=42,
+        rollout_percentage=12.5,
+        celery_task_id="c-1",
+    )
 
-    assert record.status is TaskStatus.CREATED
+    assert record.status is TaskStatus.QUEUED
     assert (record.tool_id, record.payload, record.priority) == ("echo", {"n": 1}, 3)
+    assert (record.backend, record.celery_task_id) == ("celery", "c-1")
+    assert (record.rollout_bucket, record.rollout_percentage) == (42, 12.5)
     assert record.attempts == 0
-    assert store.get(record.task_id) == record
-    (event,) = store.events(record.task_id)
-    assert (event.seq, event.status, event.progress) == (1, TaskStatus.CREATED, 0)
+    assert record.queued_at == record.created_at == record.updated_at
+    assert store.get(record.task_id) == record  # what it returns is what a read gives back
+    assert [(e.seq, e.status, e.progress, e.message) for e in store.events(record.task_id)] == [
+        (1, TaskStatus.CREATED, 0, "created"),
+        (2, TaskStatus.QUEUED, 0, "queued"),
+    ]
 
 
 def test_every_transition_writes_the_row_and_exactly_one_event(store: TaskStore) -> None:
-    task_id = _new(store).task_id
+    task_id = queued_task(store).task_id
 
     def report_progress() -> TaskRecord | None:
         moved = store.record_progress(task_id, progress=40, message="m")
         return store.get(task_id) if moved else None
 
     steps: list[Callable[[], TaskRecord | None]] = [
-        lambda: store.mark_queued(
-            task_id, backend="thread", rollout_bucket=42, rollout_percentage=12.5
-        ),
         lambda: store.claim(task_id),
         report_progress,
         lambda: store.complete(task_id, result={"rows": 3}),
@@ -94,7 +92,6 @@ def test_every_transition_writes_the_row_and_exactly_one_event(store: TaskStore)
     final = store.get(task_id)
     assert final is not None
     assert final.status is TaskStatus.COMPLETED
-    assert (final.backend, final.rollout_bucket, final.rollout_percentage) == ("thread", 42, 12.5)
     assert (final.result, final.progress, final.attempts) == ({"rows": 3}, 100, 1)
     assert final.queued_at is not None
     assert final.processing_started_at is not None
@@ -133,9 +130,6 @@ def test_cancel_by_a_backend_records_why(store: TaskStore) -> None:
 Transition = Callable[[TaskStore, str], object]
 
 TRANSITIONS: dict[str, Transition] = {
-    "mark_queued": lambda s, t: s.mark_queued(
-        t, backend="thread", rollout_bucket=1, rollout_percentage=0.0
-    ),
     "claim": lambda s, t: s.claim(t),
     "record_progress": lambda s, t: s.record_progress(t, progress=50, message="half") or None,
     "complete": lambda s, t: s.complete(t, result={}),
@@ -144,19 +138,18 @@ TRANSITIONS: dict[str, Transition] = {
 }
 
 LEGAL_FROM: dict[str, set[TaskStatus]] = {
-    "mark_queued": {TaskStatus.CREATED},
     "claim": {TaskStatus.QUEUED},
     "record_progress": {TaskStatus.PROCESSING},
     "complete": {TaskStatus.PROCESSING},
     "fail": {TaskStatus.PROCESSING},
-    "cancel": {TaskStatus.CREATED, TaskStatus.QUEUED},
+    "cancel": {TaskStatus.QUEUED},
 }
 
 ILLEGAL = [
     (name, status)
     for name in TRANSITIONS
     for status in TaskStatus
-    if status not in LEGAL_FROM[name]
+    if status not in LEGAL_FROM[name] and status is not TaskStatus.CREATED  # never a row's
 ]
 
 
@@ -258,36 +251,6 @@ def test_queued_lists_only_queued_tasks_of_the_backend(store: TaskStore) -> None
     high = queued_task(store, priority=8)
     queued_task(store, backend="celery")
     assert store.claim(queued_task(store).task_id) is not None
-    _new(store)
+    assert store.cancel(queued_task(store).task_id, reason="test") is not None
 
     assert store.queued(backend="thread") == [(low.task_id, 1), (high.task_id, 8)]
-
-
-def test_a_routed_task_is_written_in_one_go_with_the_same_history_as_two_steps(
-    store: TaskStore,
-) -> None:
-    routing: dict[str, Any] = {
-        "backend": "celery",
-        "rollout_bucket": 42,
-        "rollout_percentage": 50.0,
-    }
-    store.create(task_id="two-steps", user_id="u", tool_id="noop", payload={}, priority=3)
-    stepwise = store.mark_queued("two-steps", celery_task_id="c-1", **routing)
-    at_once = store.create_queued(
-        task_id="one-go",
-        user_id="u",
-        tool_id="noop",
-        payload={},
-        priority=3,
-        celery_task_id="c-1",
-        **routing,
-    )
-
-    assert stepwise is not None
-    ignore = {"task_id", "created_at", "queued_at", "updated_at"}
-    assert {k: v for k, v in asdict(at_once).items() if k not in ignore} == {
-        k: v for k, v in asdict(stepwise).items() if k not in ignore
-    }
-    assert [(e.seq, e.status, e.message) for e in store.events("one-go")] == [
-        (e.seq, e.status, e.message) for e in store.events("two-steps")
-    ]

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from api.runtime import Runtime
+from api.settings import Settings
 from dispatch.dispatcher import NewTask
 from execution import database
 from execution.records import TaskRecord
-from execution.settings import Settings
 from execution.status import TaskStatus
 from tests.helpers import wait_until
 from tests.integration.conftest import fresh_database_url
@@ -205,23 +205,20 @@ def test_payload_the_tool_rejects_writes_identical_failed_rows(pair: Pair) -> No
         # As if the row predates a stricter payload model: the executor must refuse it.
         name = "celery" if runtime is pair.celery else "thread"
         backend = runtime.backends[name]
-        created = runtime.store.create(
-            task_id=f"{name}-{time.monotonic_ns()}"[:36],
+        task_id = f"{name}-{time.monotonic_ns()}"[:36]
+        queued = runtime.store.create_queued(
+            task_id=task_id,
             user_id="parity",
             tool_id="sleep",
             payload={"seconds": "soon"},
             priority=0,
-        )
-        queued = runtime.store.mark_queued(
-            created.task_id,
             backend=name,
             rollout_bucket=0,
             rollout_percentage=0.0,
-            celery_task_id=backend.external_id(created.task_id),
+            celery_task_id=backend.external_id(task_id),
         )
-        assert queued is not None
         backend.submit(queued)
-        return created.task_id
+        return task_id
 
     runs = run_on_both(pair, submit_unvalidated)
     assert runs["thread"] == runs["celery"]

@@ -1,10 +1,17 @@
-"""Alembic environment: runs on the engine Switchyard hands it (see execution.database)."""
+"""Alembic environment: runs on the engine Switchyard hands it (see execution.database).
+
+The schema's tables are declared by the rooms that own them; importing them here gives
+autogenerate the whole schema to compare against.
+"""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Engine, create_engine
 
+import api.keys
+import dispatch.rollout.store
+import execution.records  # noqa: F401  (the tables above register on Base.metadata)
 from execution.models import Base
 
 config = context.config
