@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from execution.records import TaskRecord
 from execution.status import TaskStatus
@@ -36,10 +35,6 @@ class TaskBackend(ABC):
 
     name: str
     """The value written to `tasks.backend`."""
-    durable_queue: ClassVar[bool] = False
-    """Tasks handed over survive a restart of this process (else they are resubmitted)."""
-    runs_in_process: ClassVar[bool] = False
-    """Tasks run inside the submitting process."""
 
     def submit(self, task: TaskRecord) -> None:
         """Hand over a QUEUED task recorded for this backend."""

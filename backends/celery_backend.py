@@ -26,7 +26,6 @@ class CeleryBackend(TaskBackend):
     """Publishes `switchyard.run_task(task_id)` to the tool's queue with its priority."""
 
     name = "celery"
-    durable_queue = True
 
     def __init__(self, *, app: Celery, registry: ToolRegistry, publish_retries: int) -> None:
         self._app = app

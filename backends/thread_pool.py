@@ -6,7 +6,6 @@ import itertools
 import threading
 import time
 from queue import PriorityQueue
-from typing import ClassVar
 
 import structlog
 
@@ -24,8 +23,6 @@ class ThreadPoolBackend(TaskBackend):
     """`workers` non-daemon threads; highest priority first, then first come first served."""
 
     name = "thread"
-    durable_queue: ClassVar[bool] = False
-    runs_in_process: ClassVar[bool] = True
 
     def __init__(
         self,

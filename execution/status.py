@@ -1,4 +1,8 @@
-"""The statuses a task moves through, and which moves are legal."""
+"""The statuses a task moves through.
+
+Which moves are legal is written once, in the store: each transition of `execution.store` is a
+named operation whose conditional UPDATE names the statuses it may start from.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ class TaskStatus(StrEnum):
     """Lifecycle of one task; every backend writes exactly these."""
 
     CREATED = "CREATED"
-    """The row exists; no backend has been chosen yet."""
+    """The first event of every task's history: the request was accepted. A row is never
+    stored in it: the dispatcher routes first and writes the row QUEUED."""
     QUEUED = "QUEUED"
     """A backend was chosen and the task handed (or about to be handed) to it."""
     PROCESSING = "PROCESSING"

@@ -26,7 +26,6 @@ def test_a_backend_with_enqueue_gets_the_documented_defaults() -> None:
 
     assert backend.external_id("any") is None
     assert backend.health() == BackendHealth(ok=True)
-    assert backend.durable_queue is False
     backend.check_capacity()
     backend.start()
     backend.shutdown(timeout=0)
