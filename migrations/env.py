@@ -1,18 +1,11 @@
-"""Alembic environment: runs on the engine Switchyard hands it (see execution.database).
-
-The schema's tables are declared by the rooms that own them; importing them here gives
-autogenerate the whole schema to compare against.
-"""
+"""Alembic environment: runs on the engine Switchyard hands it (see execution.database)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Engine, create_engine
 
-import api.keys
-import dispatch.rollout.store
-import execution.records  # noqa: F401  (the tables above register on Base.metadata)
-from execution.models import Base
+from migrations import schema
 
 config = context.config
 engine = config.attributes.get("engine")
@@ -22,7 +15,7 @@ if not isinstance(engine, Engine):  # plain `alembic` CLI use
 with engine.connect() as connection:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=schema(),
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
