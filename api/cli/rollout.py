@@ -153,11 +153,12 @@ def _parse_overrides(pairs: list[str]) -> dict[str, float]:
     for pair in pairs:
         tool_id, sep, value = pair.partition("=")
         try:
-            parsed[tool_id] = check_percentage(float(value))
+            share: float | None = check_percentage(float(value))
         except ValueError:
-            sep = ""
-        if not sep or not tool_id:
+            share = None
+        if not sep or not tool_id or share is None:
             fail(f"--tool: {pair!r} is not TOOL=PERCENT with PERCENT in 0-100")
+        parsed[tool_id] = share
     return parsed
 
 
