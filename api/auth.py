@@ -1,4 +1,4 @@
-"""Who is calling and what they may do: a bearer key becomes a Caller, or 401/403/429."""
+"""Who is calling and what they may do: a bearer key becomes a Caller, or 400/401/403/429."""
 
 from __future__ import annotations
 
@@ -64,7 +64,18 @@ def authenticate(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    """The caller whose active key is in the Authorization header; 401 otherwise."""
+    """The caller whose active key is in the Authorization header; 401 otherwise.
+
+    Two Authorization headers are refused with 400 before either is checked: proxies and
+    frameworks disagree on which one counts, so honouring the first could authenticate a
+    request as someone other than the hop that added the second meant it to be.
+    """
+    if len(request.headers.getlist("authorization")) > 1:
+        log_denied(request, None, status_code=400, reason="more than one Authorization header")
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            "more than one Authorization header: send exactly one `Authorization: Bearer <key>`",
+        )
     if credentials is None:
         log_denied(request, None, status_code=401, reason="no bearer key")
         raise HTTPException(
@@ -86,6 +97,7 @@ def authenticate(
 CallerDep = Annotated[Caller, Depends(authenticate)]
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "More than one Authorization header"},
     401: {"model": ErrorOut, "description": "No API key, or not a valid one"},
 }
 """The OpenAPI declaration of what `authenticate` answers, for every route that needs a key."""

@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy import Column, Engine, RowMapping, String, Table, func, insert, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
+from api.limits import check_storable_json
 from execution.models import Base
 from execution.store import utcnow
 
@@ -115,6 +116,11 @@ class KeyStore:
             raise InvalidKeyRequest(f"role {role!r} must be 'user' or 'operator'") from None
         if name is not None and len(name) > 128:
             raise InvalidKeyRequest("key name must be at most 128 characters")
+        if name is not None:
+            try:
+                check_storable_json(name, where="key name")
+            except ValueError as exc:
+                raise InvalidKeyRequest(str(exc)) from None
         key_id = secrets.token_hex(8)
         token = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
         now = utcnow()

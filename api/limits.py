@@ -1,4 +1,4 @@
-"""Request limits: body size (413), CORS (off unless asked), and what a JSON payload may hold."""
+"""Request limits: body size (413), CORS (off unless asked), what stored JSON and text may hold."""
 
 from __future__ import annotations
 
@@ -135,7 +135,10 @@ def check_storable_json(value: Any, *, depth: int = 0, where: str = "payload") -
     """Raise ValueError unless `value` can be stored and sent back as JSON unchanged.
 
     Python's JSON reader accepts NaN, Infinity and lone surrogates, which no JSON writer can
-    return: such a task would be created and then fail every read.
+    return: such a task would be created and then fail every read. PostgreSQL refuses NUL
+    (`\\u0000`) in text and jsonb, so a NUL anywhere, key or value, would fail the write with
+    a 500; it is refused on SQLite too, so both databases take the same requests. Also checks
+    a plain string: the text fields a request stores (a rollout reason) use the same rules.
     """
     if depth > MAX_PAYLOAD_DEPTH:
         raise ValueError(f"{where} nests deeper than {MAX_PAYLOAD_DEPTH} levels")
@@ -153,6 +156,8 @@ def check_storable_json(value: Any, *, depth: int = 0, where: str = "payload") -
 
 
 def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{where} holds a NUL character (\\u0000), which cannot be stored")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from api.limits import check_storable_json
 from dispatch.rollout.policy import Percentage, Stickiness
@@ -18,15 +18,28 @@ from execution.status import TaskStatus
 
 
 class Strict(BaseModel):
-    """Unknown fields are an error, not silently dropped."""
+    """Unknown fields are an error, and no value is coerced to another type.
 
-    model_config = ConfigDict(extra="forbid")
+    Lax mode would read `"percentage": true` as 1 % and `"priority": "5"` as 5; strict mode
+    refuses both. A JSON int still fills a float field (`"percentage": 25`).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _storable_text(text: str, info: ValidationInfo) -> str:
+    check_storable_json(text, where=info.field_name or "text")
+    return text
+
+
+StoredText = Annotated[str, AfterValidator(_storable_text)]
+"""Text a request stores: no NUL (PostgreSQL refuses it), no lone surrogate (not UTF-8)."""
 
 
 class TaskCreate(Strict):
     """POST /tasks."""
 
-    tool_id: Annotated[str, Field(min_length=1, max_length=128, examples=["profile-csv"])]
+    tool_id: Annotated[StoredText, Field(min_length=1, max_length=128, examples=["profile-csv"])]
     payload: Annotated[
         dict[str, Any],
         Field(default_factory=dict, examples=[{"csv": "a,b\n1,x\n2,y\n"}]),
@@ -83,17 +96,21 @@ class RolloutOut(BaseModel):
     explanation: str
 
 
-Reason = Annotated[str, Field(min_length=1, max_length=500, description="Why; kept in history")]
+Reason = Annotated[
+    StoredText, Field(min_length=1, max_length=500, description="Why; kept in history")
+]
 
 
 class RolloutUpdate(Strict):
     """PUT /rollout: the fields given replace the stored ones; `tool_overrides` as a whole."""
 
     percentage: Percentage | None = None
-    tool_overrides: dict[Annotated[str, Field(min_length=1, max_length=128)], Percentage] | None = (
-        Field(default=None, max_length=200)
-    )
-    stickiness: Stickiness | None = None
+    tool_overrides: (
+        dict[Annotated[StoredText, Field(min_length=1, max_length=128)], Percentage] | None
+    ) = Field(default=None, max_length=200)
+    # FastAPI validates the parsed JSON in Python mode, where a strict enum field would take
+    # only a Stickiness member: this one field reads its value from the JSON string.
+    stickiness: Annotated[Stickiness | None, Field(strict=False)] = None
     reason: Reason
 
 

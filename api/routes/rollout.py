@@ -31,7 +31,10 @@ OPERATORS_ONLY: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "Operators only"},
 }
 CHANGES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "The body is not readable JSON"},
+    400: {
+        "model": ErrorOut,
+        "description": "The body is not readable JSON, or more than one Authorization header",
+    },
     **OPERATORS_ONLY,
     429: {"model": ErrorOut, "description": "Too many rollout changes with this key"},
 }
