@@ -17,9 +17,10 @@ from api.settings import Settings
 from backends.base import TaskBackend
 from backends.registry import build_backend
 from dispatch.dispatcher import Dispatcher
+from dispatch.recovery import Recovery
 from dispatch.rollout.control import RolloutControl
 from dispatch.rollout.store import RolloutStore
-from dispatch.rollout.watch import RolloutWatcher
+from dispatch.rollout.watch import RolloutSource, RolloutWatcher
 from execution import database
 from execution.executor import ExecutorLimits, TaskExecutor
 from execution.status import BackendName
@@ -44,7 +45,11 @@ def build_executor(
         data_dir=settings.switchyard_data_dir,
         limits=ExecutorLimits(
             soft_time_limit=settings.celery_task_soft_time_limit,
+            time_limit=settings.celery_task_time_limit,
             soft_limit_errors=soft_limit_errors,
+            lease_seconds=settings.task_lease_seconds,
+            heartbeat_seconds=settings.task_heartbeat_seconds,
+            lost_retries=settings.task_lost_retries,
         ),
         hooks=(SoftTimeLimit(),),
     )
@@ -61,6 +66,26 @@ def rollout_watcher(settings: Settings, engine: Engine, *, use_celery: bool) -> 
     )
 
 
+def recovery(
+    settings: Settings,
+    *,
+    store: TaskStore,
+    registry: ToolRegistry,
+    backends: dict[str, TaskBackend],
+    rollout: RolloutSource,
+) -> Recovery:
+    """The recovery sweep of this process (not started); every process may run one."""
+    return Recovery(
+        store=store,
+        registry=registry,
+        backends=backends,
+        rollout=rollout,
+        lost_retries=settings.task_lost_retries,
+        republish_after=settings.celery_republish_seconds,
+        interval=settings.recovery_sweep_seconds,
+    )
+
+
 @dataclass
 class Runtime:
     """Everything the API process runs, wired together."""
@@ -73,6 +98,7 @@ class Runtime:
     backends: dict[str, TaskBackend]
     rollout: RolloutWatcher
     dispatcher: Dispatcher
+    recovery: Recovery
     rollout_control: RolloutControl
     keys: KeyStore
     rollout_change_limiter: SlidingWindowLimiter
@@ -106,6 +132,9 @@ class Runtime:
             dispatcher=Dispatcher(
                 store=store, registry=registry, backends=backends, rollout=rollout
             ),
+            recovery=recovery(
+                settings, store=store, registry=registry, backends=backends, rollout=rollout
+            ),
             rollout_control=RolloutControl(watcher=rollout, registry=registry, tasks=store),
             keys=KeyStore(engine),
             rollout_change_limiter=SlidingWindowLimiter(
@@ -118,13 +147,15 @@ class Runtime:
         database.prepare(self.engine, migrate=self.settings.is_embedded_database)
 
     def start(self) -> None:
-        """Load (or seed) the rollout, then start every backend."""
+        """Load (or seed) the rollout, start every backend, then the recovery sweep."""
         self.rollout.start()
         for backend in self.backends.values():
             backend.start()
+        self.recovery.start()
 
     def stop(self) -> None:
         """Stop backends (running tasks get SHUTDOWN_TIMEOUT seconds) and close connections."""
+        self.recovery.stop()
         for backend in self.backends.values():
             backend.shutdown(self.settings.shutdown_timeout)
         self.rollout.stop()

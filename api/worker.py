@@ -6,20 +6,26 @@ environment on first access (never at import), so importing this module has no s
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_ready, worker_shutdown
+from sqlalchemy import Engine
 
-from api.runtime import build_executor, rollout_watcher
+from api.runtime import build_executor, recovery, rollout_watcher
 from api.settings import Settings, load_settings
 from backends.celery_app import make_celery_app
 from backends.celery_tasks import PerProcess, WorkerServices, register_run_task
+from backends.registry import celery_publisher
+from dispatch.recovery import Recovery
+from dispatch.rollout.watch import RolloutWatcher
 from execution import database
 from execution.logs import configure_logging
 from execution.settings import SettingsError
+from execution.status import BackendName
 from execution.store import TaskStore
 from execution.tools.registry import ToolLoadError, ToolRegistry, load_registry
 
@@ -42,11 +48,52 @@ def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerService
     )
 
 
+class WorkerRecovery:
+    """The recovery sweep in a worker's main process, so lost tasks are found even when no
+    API process runs. Prefork children are forked from this process: they must not use (or
+    close) its database connections."""
+
+    def __init__(self, settings: Settings, app: Celery, registry: ToolRegistry) -> None:
+        self._settings, self._app, self._registry = settings, app, registry
+        self._recovery: Recovery | None = None
+        self._engine: Engine | None = None
+        self._rollout: RolloutWatcher | None = None
+
+    def start(self, **_: Any) -> None:
+        """`worker_ready`: the consumer runs; begin sweeping."""
+        engine = self._engine = database.make_engine(self._settings.database_url)
+        os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+        # Workers honour the stored rollout only (see worker_services).
+        self._rollout = rollout_watcher(self._settings, engine, use_celery=True)
+        self._rollout.start()
+        celery = celery_publisher(self._settings, self._app, self._registry)
+        self._recovery = recovery(
+            self._settings,
+            store=TaskStore(engine),
+            registry=self._registry,
+            backends={BackendName.CELERY: celery},
+            rollout=self._rollout,
+        )
+        self._recovery.start()
+
+    def stop(self, **_: Any) -> None:
+        """`worker_shutdown`."""
+        if self._recovery is not None:
+            self._recovery.stop()
+        if self._rollout is not None:
+            self._rollout.stop()
+        if self._engine is not None:
+            self._engine.dispose()
+
+
 def build_worker_app(settings: Settings, *, registry: ToolRegistry | None = None) -> Celery:
     """A Celery app with the run task registered, ready for `worker_main`."""
     tools = registry or load_registry(settings.tool_modules)
     app = make_celery_app(settings, tools)
     register_run_task(app, PerProcess(lambda: worker_services(settings, tools)))
+    sweep = WorkerRecovery(settings, app, tools)
+    worker_ready.connect(sweep.start, weak=False)
+    worker_shutdown.connect(sweep.stop, weak=False)
 
     def use_our_logging(**_: Any) -> None:
         configure_logging(level=settings.log_level, json_output=settings.log_json)

@@ -54,6 +54,11 @@ class TaskBackend(ABC):
         """The id this backend will know the task by, recorded before submission."""
         return None
 
+    def interrupt(self, task: TaskRecord) -> None:
+        """A caller asked the running `task` to stop: interrupt its tool if this backend can.
+
+        Either way its attempt notices the request at its next progress call or heartbeat."""
+
     def check_capacity(self) -> None:
         """Raise BackendFull before a task is created if this backend could not take it."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from celery import Celery
+
 from backends.base import TaskBackend
 from backends.celery_app import make_celery_app
 from backends.celery_backend import CeleryBackend
@@ -11,6 +13,7 @@ from backends.settings import BackendSettings
 from backends.thread_pool import ThreadPoolBackend
 from execution.executor import TaskExecutor
 from execution.status import BackendName
+from execution.tools.registry import ToolRegistry
 
 BackendFactory = Callable[[BackendSettings, TaskExecutor], TaskBackend]
 
@@ -24,12 +27,18 @@ def _thread(settings: BackendSettings, executor: TaskExecutor) -> TaskBackend:
     )
 
 
-def _celery(settings: BackendSettings, executor: TaskExecutor) -> TaskBackend:
+def celery_publisher(
+    settings: BackendSettings, app: Celery, registry: ToolRegistry
+) -> CeleryBackend:
+    """The Celery backend publishing through `app` (a worker's own app, in a worker)."""
     return CeleryBackend(
-        app=make_celery_app(settings, executor.registry),
-        registry=executor.registry,
-        publish_retries=settings.celery_publish_retries,
+        app=app, registry=registry, publish_retries=settings.celery_publish_retries
     )
+
+
+def _celery(settings: BackendSettings, executor: TaskExecutor) -> TaskBackend:
+    app = make_celery_app(settings, executor.registry)
+    return celery_publisher(settings, app, executor.registry)
 
 
 FACTORIES: dict[str, BackendFactory] = {BackendName.THREAD: _thread, BackendName.CELERY: _celery}

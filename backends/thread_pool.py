@@ -41,6 +41,8 @@ class ThreadPoolBackend(TaskBackend):
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._abandoned: set[int] = set()
+        self._spawned = itertools.count()
         self._sweeper: threading.Thread | None = None
         self._stopped = threading.Event()
         self._running = 0
@@ -52,10 +54,8 @@ class ThreadPoolBackend(TaskBackend):
             if self._accepting:
                 return
             self._accepting = True
-            self._threads = [
-                threading.Thread(target=self._work, name=f"switchyard-thread-{i}", daemon=False)
-                for i in range(self._workers)
-            ]
+            self._threads = [self._new_thread() for _ in range(self._workers)]
+        self._executor.leases.subscribe(self._replace)
         recovered = self._sweep(unchanged_for=0.0)
         for thread in self._threads:
             thread.start()
@@ -63,6 +63,26 @@ class ThreadPoolBackend(TaskBackend):
             self._sweeper = threading.Thread(target=self._sweep_forever, name="switchyard-sweep")
             self._sweeper.start()
         log.info("backend.started", backend=self.name, workers=self._workers, recovered=recovered)
+
+    def _new_thread(self) -> threading.Thread:
+        # Daemon: a hung tool must not keep a stopping process alive. Nothing is lost by it:
+        # shutdown waits SHUTDOWN_TIMEOUT, then releases what still runs to recovery.
+        name = f"switchyard-thread-{next(self._spawned)}"
+        return threading.Thread(target=self._work, name=name, daemon=True)
+
+    def _replace(self, ident: int) -> None:
+        """An attempt on one of our threads was abandoned (hard time limit, cancel): the thread
+        may stay stuck in the tool, so a new one takes its place and the pool keeps its size."""
+        with self._lock:
+            stuck = next((t for t in self._threads if t.ident == ident), None)
+            if stuck is None or not self._accepting:
+                return
+            self._threads.remove(stuck)
+            self._abandoned.add(ident)
+            replacement = self._new_thread()
+            self._threads.append(replacement)
+        replacement.start()
+        log.warning("backend.thread_replaced", backend=self.name, abandoned=stuck.name)
 
     def _sweep(self, *, unchanged_for: float) -> int:
         """Enqueue QUEUED thread tasks this process does not hold: left by a stopped process,
@@ -117,12 +137,21 @@ class ThreadPoolBackend(TaskBackend):
         for thread in [*self._threads, *([self._sweeper] if self._sweeper else [])]:
             thread.join(timeout=max(0.0, end - time.monotonic()))
         if any(thread.is_alive() for thread in self._threads):
-            log.warning("backend.shutdown_timeout", backend=self.name, still_running=self._running)
+            # Their tasks must not stay PROCESSING until the lease runs out: hand them to
+            # recovery now (another process, or this one's next start, runs them again).
+            released = self._executor.leases.release_all()
+            log.warning(
+                "backend.shutdown_timeout",
+                backend=self.name,
+                still_running=self._running,
+                released=released,
+            )
         else:
             log.info("backend.stopped", backend=self.name, unstarted_left_queued=left)
 
     def health(self) -> BackendHealth:
-        alive = sum(thread.is_alive() for thread in self._threads)
+        with self._lock:
+            alive = sum(thread.is_alive() for thread in self._threads)
         return BackendHealth(
             ok=self._accepting and alive == self._workers,
             detail={
@@ -151,3 +180,7 @@ class ThreadPoolBackend(TaskBackend):
             finally:
                 with self._lock:
                     self._running -= 1
+                    replaced = threading.get_ident() in self._abandoned
+                    self._abandoned.discard(threading.get_ident())
+            if replaced:
+                return  # a replacement took this thread's place

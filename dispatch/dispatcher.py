@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from backends.base import BackendUnavailable, TaskBackend
-from dispatch.rollout.policy import Stickiness, route
+from dispatch.rollout.policy import RolloutPolicy, Stickiness, route
 from dispatch.rollout.watch import RolloutSource
 from execution.records import TaskRecord
+from execution.status import TaskStatus
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 
@@ -27,6 +29,8 @@ class NewTask:
     payload: Any
     user_id: str
     priority: int | None = None
+    idempotency_key: str | None = None
+    """The same key with the same request returns the task it created; see `submit_once`."""
 
 
 class TaskRejected(BackendUnavailable):
@@ -35,6 +39,15 @@ class TaskRejected(BackendUnavailable):
     def __init__(self, task_id: str, cause: BackendUnavailable) -> None:
         super().__init__(cause.reason, retry_after=cause.retry_after)
         self.task_id = task_id
+
+
+class IdempotencyConflict(ValueError):
+    """The Idempotency-Key was used before for a different request."""
+
+
+def routing_key(policy: RolloutPolicy, *, user_id: str, task_id: str) -> str:
+    """What the task's bucket is computed from: its id, or its user's under user stickiness."""
+    return user_id if policy.stickiness is Stickiness.USER_ID else task_id
 
 
 class Dispatcher:
@@ -55,44 +68,49 @@ class Dispatcher:
 
     def submit(self, request: NewTask) -> TaskRecord:
         """Create the task and hand it to its backend; raise if tool, payload or backend refuse."""
+        return self.submit_once(request)[0]
+
+    def submit_once(self, request: NewTask) -> tuple[TaskRecord, bool]:
+        """`submit`, and whether the task existed already under the request's idempotency key
+        (then it is returned as it is now, and nothing new is created)."""
         spec = self.registry[request.tool_id]
         payload = spec.validate_payload(request.payload)
         priority = spec.priority if request.priority is None else request.priority
         if not 0 <= priority <= 9:
             raise ValueError(f"priority {priority} is outside 0-9")
+        if request.idempotency_key is not None:
+            existing = self._replay(request, payload, priority)
+            if existing is not None:
+                return existing, True
         task_id = str(uuid.uuid4())
         policy = self.rollout.current()
-        key = request.user_id if policy.stickiness is Stickiness.USER_ID else task_id
-        decision = route(policy, key, spec.tool_id)
-        backend = self.backends.get(decision.backend)
-        if backend is None:
-            # Never fall back silently: a task routed to Celery must not run on threads.
-            raise BackendUnavailable(
-                f"task routed to the {decision.backend} backend, which this process does not run"
-            )
-        backend.check_capacity()
-
-        queued = self.store.create_queued(
-            task_id=task_id,
-            user_id=request.user_id,
-            tool_id=spec.tool_id,
-            payload=payload,
-            priority=priority,
-            backend=decision.backend,
-            rollout_bucket=decision.bucket,
-            rollout_percentage=decision.percentage,
-            celery_task_id=backend.external_id(task_id),
+        decision = route(
+            policy, routing_key(policy, user_id=request.user_id, task_id=task_id), spec.tool_id
         )
+        backend = self._backend(decision.backend)
+        backend.check_capacity()
+        try:
+            queued = self.store.create_queued(
+                task_id=task_id,
+                user_id=request.user_id,
+                tool_id=spec.tool_id,
+                payload=payload,
+                priority=priority,
+                backend=decision.backend,
+                rollout_bucket=decision.bucket,
+                rollout_percentage=decision.percentage,
+                celery_task_id=backend.external_id(task_id),
+                idempotency_key=request.idempotency_key,
+            )
+        except IntegrityError:
+            # The same key raced us in another request: it won, and its task is the answer.
+            existing = self._replay(request, payload, priority)
+            if existing is None:
+                raise
+            return existing, True
         # Handed over only now, after the QUEUED row is committed: a worker that picks the
         # task up at once always finds it.
-        try:
-            backend.submit(queued)
-        except BackendUnavailable as exc:
-            self.store.cancel(task_id, reason=f"not accepted: {exc.reason}", error_code="REJECTED")
-            log.warning(
-                "task.rejected", task_id=task_id, backend=decision.backend, reason=exc.reason
-            )
-            raise TaskRejected(task_id, exc) from exc
+        self._hand_over(backend, queued)
         # DEBUG: the row and its QUEUED event record the routing; a task's one INFO line is the
         # executor's, saying how it ended (an INFO line costs about as much as a status write).
         log.debug(
@@ -103,4 +121,80 @@ class Dispatcher:
             bucket=decision.bucket,
             percentage=decision.percentage,
         )
+        return queued, False
+
+    def retry(self, task_id: str, *, actor: str) -> TaskRecord | None:
+        """Run a FAILED or CANCELLED task again, on the backend the rollout gives it now; None
+        if it is in another state (or a concurrent retry got there first)."""
+        current = self.store.get(task_id)
+        if current is None or current.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            return None
+        policy = self.rollout.current()
+        decision = route(
+            policy, routing_key(policy, user_id=current.user_id, task_id=task_id), current.tool_id
+        )
+        backend = self._backend(decision.backend)
+        backend.check_capacity()
+        queued = self.store.retry_finished(
+            task_id,
+            backend=decision.backend,
+            celery_task_id=backend.external_id(task_id),
+            reason=f"retry requested by {actor}",
+        )
+        if queued is not None:
+            self._hand_over(backend, queued)
         return queued
+
+    def cancel(self, task_id: str, *, actor: str) -> TaskRecord | None:
+        """Cancel a QUEUED task at once, or ask a running one to stop (it ends CANCELLED when
+        its attempt notices: at its next progress call or heartbeat). None if it has ended."""
+        reason = f"cancelled by {actor}"
+        cancelled = self.store.cancel(task_id, reason=reason)
+        if cancelled is not None:
+            return cancelled
+        requested = self.store.request_cancel(task_id, reason=f"cancel requested by {actor}")
+        if requested is None:
+            return None
+        backend = self.backends.get(requested.backend or "")
+        if backend is not None:
+            backend.interrupt(requested)
+        return requested
+
+    def _backend(self, name: str) -> TaskBackend:
+        backend = self.backends.get(name)
+        if backend is None:
+            # Never fall back silently: a task routed to Celery must not run on threads.
+            raise BackendUnavailable(
+                f"task routed to the {name} backend, which this process does not run"
+            )
+        return backend
+
+    def _hand_over(self, backend: TaskBackend, queued: TaskRecord) -> None:
+        try:
+            backend.submit(queued)
+        except BackendUnavailable as exc:
+            self.store.cancel(
+                queued.task_id, reason=f"not accepted: {exc.reason}", error_code="REJECTED"
+            )
+            log.warning(
+                "task.rejected", task_id=queued.task_id, backend=backend.name, reason=exc.reason
+            )
+            raise TaskRejected(queued.task_id, exc) from exc
+
+    def _replay(self, request: NewTask, payload: Any, priority: int) -> TaskRecord | None:
+        assert request.idempotency_key is not None
+        existing = self.store.by_idempotency_key(
+            user_id=request.user_id, key=request.idempotency_key
+        )
+        if existing is None:
+            return None
+        if (existing.tool_id, existing.payload, existing.priority) != (
+            request.tool_id,
+            payload,
+            priority,
+        ):
+            raise IdempotencyConflict(
+                f"Idempotency-Key {request.idempotency_key!r} was used for another request "
+                f"(task {existing.task_id}); use a new key for a new task"
+            )
+        return existing

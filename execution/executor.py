@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -11,40 +13,78 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from execution.hooks import ExecutorHook, Failure, Run
+from execution.leases import LeaseKeeper, TaskNoLongerRunning
+from execution.records import TaskRecord
 from execution.store import TaskStore
 from execution.time_limits import SoftTimeLimitExceeded
-from execution.tools.registry import InvalidPayload, ToolContext, ToolRegistry, UnknownTool
+from execution.tools.registry import (
+    InvalidPayload,
+    Tool,
+    ToolContext,
+    ToolRegistry,
+    UnknownTool,
+)
 
 log = structlog.get_logger(__name__)
+
+_HOST = socket.gethostname()
+WORKER_LOST = "WORKER_LOST"
+TIME_LIMIT_EXCEEDED = "TIME_LIMIT_EXCEEDED"
 
 
 class RunOutcome(StrEnum):
     """What one call of `TaskExecutor.run` did."""
 
     NOT_CLAIMED = "not_claimed"
-    """Another copy had it, it was cancelled, or it does not exist: nothing ran."""
+    """Another copy had it, it ended or waits for its backoff, or it does not exist: nothing ran."""
     COMPLETED = "completed"
     """The tool returned and the result was stored."""
     FAILED = "failed"
     """The tool raised, or could not start; the reason was stored."""
+    RETRYING = "retrying"
+    """The tool raised and the task is QUEUED again, after its backoff."""
+    CANCELLED = "cancelled"
+    """A caller cancelled the task while it ran; the tool stopped."""
+    ABANDONED = "abandoned"
+    """The attempt lost the task while it ran (time limit, cancel, a newer attempt): nothing
+    it did afterwards was stored."""
 
 
-class TaskNoLongerRunning(Exception):
-    """The task's row left PROCESSING while the tool ran; the tool should stop."""
+class TaskCancelled(Exception):
+    """Raised in the tool's progress call once a caller asked the task to stop."""
 
 
 @dataclass(frozen=True, slots=True)
 class ExecutorLimits:
-    """Limits that apply when the tool does not set its own."""
+    """Limits that apply when the tool does not set its own, and how attempts are leased."""
 
     soft_time_limit: float | None = None
+    time_limit: float | None = None
+    """Hard limit: past it the attempt ends TIME_LIMIT_EXCEEDED (or is retried by policy)."""
     soft_limit_errors: tuple[type[BaseException], ...] = ()
     """What a backend raises inside a tool when the soft limit passes (Celery's own exception);
     recorded exactly as the executor's own, so rows match across backends."""
     progress_min_interval: float = 0.5
     """Seconds between two writes that change only the message, not the whole percent."""
+    lease_seconds: float = 30.0
+    """How long a claim holds without a heartbeat; past it the attempt counts as lost."""
+    heartbeat_seconds: float = 5.0
+    lost_retries: int = 2
+    """Attempts a task may lose to dying processes beyond its tool's own retries."""
+
+
+def attempts_allowed(task: TaskRecord, tool: Tool, lost_retries: int) -> int:
+    """The most attempts this round of the task may make: once, plus the tool's retries, plus
+    what lost attempts may add."""
+    return task.attempts_before_retry + 1 + tool.retry.max_retries + lost_retries
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL refuses NUL in text; a tool's message must not lose its failure for it."""
+    return text.replace("\x00", "\\0")[:4000]
 
 
 class TaskExecutor:
@@ -63,24 +103,39 @@ class TaskExecutor:
         self.registry = registry
         self.data_dir = data_dir
         self.limits = limits or ExecutorLimits()
-        self.hooks = tuple(hooks)
+        self.leases = LeaseKeeper(
+            store,
+            lease_seconds=self.limits.lease_seconds,
+            heartbeat_seconds=self.limits.heartbeat_seconds,
+            on_time_limit=self._time_out,
+            on_cancel=self._cancelled,
+        )
+        self.hooks = (self.leases, *hooks)
         self._soft_limit_errors: tuple[type[BaseException], ...] = (
             SoftTimeLimitExceeded,
             *self.limits.soft_limit_errors,
         )
 
+    @staticmethod
+    def _lease_owner() -> str:
+        # Per claim, not per executor: the process may have forked since it was built.
+        return f"{_HOST}:{os.getpid()}"
+
     def run(self, task_id: str) -> RunOutcome:
-        """Run the task once if it is QUEUED; a second copy of the same task does nothing."""
+        """Run the task once if it is QUEUED and due, or its last attempt was lost; a second
+        copy of the same task does nothing."""
         for hook in self.hooks:
             hook.before_claim(task_id)
-        record = self.store.claim(task_id)
+        record = self.store.claim(
+            task_id, owner=self._lease_owner(), lease_seconds=self.limits.lease_seconds
+        )
         if record is None:
             current = self.store.get(task_id)
             log.info(
                 "task.not_claimed",
                 task_id=task_id,
                 status=current.status if current else None,
-                reason="missing" if current is None else "not queued",
+                reason="missing" if current is None else "not claimable",
             )
             return RunOutcome.NOT_CLAIMED
         bound = log.bind(
@@ -97,7 +152,13 @@ class TaskExecutor:
             return self._run_claimed(run, bound)
         except Exception as exc:  # the store or a hook failed mid-run: record it if we still can
             bound.exception("task.executor_error")
-            return self._fail(run, Failure("ExecutorError", f"{type(exc).__name__}: {exc}"), bound)
+            # A database error's text quotes SQL and parameters: the log has it, the row not.
+            detail = "database error (see the log)" if isinstance(exc, SQLAlchemyError) else exc
+            failure = Failure("ExecutorError", f"{type(exc).__name__}: {detail}")
+            return self._fail(run, failure, bound)
+        finally:
+            for hook in self.hooks:
+                hook.on_finish(run)
 
     def _run_claimed(self, run: Run, bound: Any) -> RunOutcome:
         try:
@@ -106,52 +167,139 @@ class TaskExecutor:
         except (UnknownTool, InvalidPayload) as exc:
             return self._fail(run, Failure(type(exc).__name__, str(exc)), bound)
         run = replace(
-            run, tool=spec, soft_time_limit=spec.soft_time_limit or self.limits.soft_time_limit
+            run,
+            tool=spec,
+            soft_time_limit=spec.soft_time_limit or self.limits.soft_time_limit,
+            time_limit=spec.time_limit or self.limits.time_limit,
         )
+        allowed = attempts_allowed(run.task, spec, self.limits.lost_retries)
+        if run.attempt > allowed:
+            message = f"attempt {run.attempt - 1} was lost with its worker and no attempts are left"
+            return self._fail(run, Failure(WORKER_LOST, message), bound)
         for hook in self.hooks:
             hook.after_claim(run)
         context = ToolContext(
             task_id=run.task.task_id,
-            attempt=run.task.attempts,
+            attempt=run.attempt,
             payload=payload,
             progress=_ProgressWriter(
                 store=self.store, run=run, hooks=self.hooks, limits=self.limits
             ),
             data_dir=self.data_dir,
+            stop_requested=run.stop,
         )
         try:
             result = spec.handler(context)
         except TaskNoLongerRunning:
             bound.info("task.abandoned")
-            return RunOutcome.NOT_CLAIMED
+            return RunOutcome.ABANDONED
+        except TaskCancelled:
+            return self._cancel(run, bound)
         except self._soft_limit_errors:
+            if self._cancel_requested(run):  # Celery interrupts a cancelled task this way too
+                return self._cancel(run, bound)
             limit = f"{run.soft_time_limit:g}s " if run.soft_time_limit else ""
             failure = Failure(SoftTimeLimitExceeded.__name__, f"soft time limit {limit}exceeded")
-            return self._fail(run, failure, bound)
+            return self._end_failed(run, failure, bound, retryable=True)
         except Exception as exc:
-            bound.error("task.tool_raised", exc_info=True)
-            return self._fail(run, Failure(type(exc).__name__, str(exc)), bound)
+            retryable = isinstance(exc, spec.retry.retry_on)
+            bound.warning("task.tool_raised", error=f"{type(exc).__name__}: {exc}")
+            return self._end_failed(
+                run, Failure(type(exc).__name__, str(exc)), bound, retryable=retryable
+            )
         try:
-            json.dumps(result, allow_nan=False)
+            text = json.dumps(result, allow_nan=False)
         except (TypeError, ValueError) as exc:
             return self._fail(run, Failure("ResultNotSerializable", str(exc)), bound)
-        if self.store.complete(run.task.task_id, result=result) is None:
-            bound.warning("task.complete_skipped", reason="row left PROCESSING")
-            return RunOutcome.NOT_CLAIMED
+        if "\\u0000" in text:
+            failure = Failure("ResultNotSerializable", "the result contains a NUL character")
+            return self._fail(run, failure, bound)
+        if self.store.complete(run.task.task_id, attempt=run.attempt, result=result) is None:
+            bound.warning("task.complete_skipped", reason="the attempt no longer holds the task")
+            return RunOutcome.ABANDONED
         for hook in self.hooks:
             hook.on_success(run, result)
         bound.info("task.completed", seconds=round(time.monotonic() - run.started, 6))
         return RunOutcome.COMPLETED
 
-    def _fail(self, run: Run, failure: Failure, bound: Any) -> RunOutcome:
-        stored = Failure(failure.error_code, failure.message[:4000])
-        self.store.fail(
-            run.task.task_id, error_code=stored.error_code, error_message=stored.message
+    def _end_failed(self, run: Run, failure: Failure, bound: Any, *, retryable: bool) -> RunOutcome:
+        """Retry the task if its tool's policy allows, else store the failure."""
+        assert run.tool is not None
+        policy = run.tool.retry
+        retry = run.attempt - run.task.attempts_before_retry  # the retry this would be
+        if not retryable or retry > policy.max_retries:
+            return self._fail(run, failure, bound)
+        delay = policy.delay(retry)
+        stored = Failure(failure.error_code, _storable(failure.message))
+        message = (
+            f"retry {retry} of {policy.max_retries} in {delay:.1f}s after "
+            f"{stored.error_code}: {stored.message}"
+        )[:4000]
+        requeued = self.store.retry_later(
+            run.task.task_id,
+            attempt=run.attempt,
+            delay=delay,
+            error_code=stored.error_code,
+            error_message=stored.message,
+            message=message,
         )
+        if requeued is None:
+            return RunOutcome.ABANDONED
+        for hook in self.hooks:
+            hook.on_retry(run, stored, delay)
+        bound.info("task.retrying", error_code=stored.error_code, delay=round(delay, 3))
+        return RunOutcome.RETRYING
+
+    def _fail(self, run: Run, failure: Failure, bound: Any) -> RunOutcome:
+        stored = Failure(failure.error_code, _storable(failure.message))
+        record = self.store.fail(
+            run.task.task_id,
+            attempt=run.attempt,
+            error_code=stored.error_code,
+            error_message=stored.message,
+        )
+        if record is None:
+            bound.info("task.fail_skipped", reason="the attempt no longer holds the task")
+            return RunOutcome.ABANDONED
         for hook in self.hooks:
             hook.on_failure(run, stored)
         bound.info("task.failed", error_code=stored.error_code)
         return RunOutcome.FAILED
+
+    def _cancel(self, run: Run, bound: Any) -> RunOutcome:
+        reason = "cancelled while running"
+        if self.store.cancel_running(run.task.task_id, attempt=run.attempt, reason=reason) is None:
+            return RunOutcome.ABANDONED
+        for hook in self.hooks:
+            hook.on_cancelled(run)
+        bound.info("task.cancelled")
+        return RunOutcome.CANCELLED
+
+    def _cancel_requested(self, run: Run) -> bool:
+        current = self.store.get(run.task.task_id)
+        return current is not None and current.cancel_requested_at is not None
+
+    # -- called by the lease keeper, from its thread ------------------------------------------
+
+    def _time_out(self, run: Run) -> None:
+        bound = log.bind(
+            task_id=run.task.task_id,
+            tool_id=run.task.tool_id,
+            backend=run.task.backend,
+            attempt=run.attempt,
+        )
+        limit = f"{run.time_limit:g}s" if run.time_limit else ""
+        failure = Failure(TIME_LIMIT_EXCEEDED, f"hard time limit {limit} exceeded")
+        self._end_failed(run, failure, bound, retryable=True)
+
+    def _cancelled(self, run: Run) -> None:
+        bound = log.bind(
+            task_id=run.task.task_id,
+            tool_id=run.task.tool_id,
+            backend=run.task.backend,
+            attempt=run.attempt,
+        )
+        self._cancel(run, bound)
 
 
 class _ProgressWriter:
@@ -187,6 +335,12 @@ class _ProgressWriter:
         ):
             return
         task_id = self._run.task.task_id
-        if not self._store.record_progress(task_id, progress=whole, message=message):
+        stored_message = _storable(message) if message is not None else None
+        record = self._store.record_progress(
+            task_id, attempt=self._run.attempt, progress=whole, message=stored_message
+        )
+        if record is None:
             raise TaskNoLongerRunning(task_id)
+        if record.cancel_requested_at is not None:
+            raise TaskCancelled(task_id)
         self._last_percent, self._last_message, self._last_write = whole, message, now

@@ -1,4 +1,4 @@
-"""Executor hooks: one concern each (time limits, leases, retries, metrics) around a run.
+"""Executor hooks: one concern each (time limits, leases, metrics) around a run.
 
 A hook subclasses `ExecutorHook` and overrides the moments it needs; every method here is a
 documented no-op. The executor calls its hooks directly, in the order it was given them, and
@@ -8,7 +8,8 @@ tool error would, so a hook can stop a tool (the soft time limit does).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from execution.records import TaskRecord
@@ -27,6 +28,16 @@ class Run:
     """`time.monotonic()` at the claim."""
     soft_time_limit: float | None
     """Seconds the tool may run before it is asked to stop (its own, else the default)."""
+    time_limit: float | None = None
+    """Seconds after which the attempt ends TIME_LIMIT_EXCEEDED whatever the tool does."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set when the tool should stop (soft limit, cancel, the attempt was taken over); the
+    tool sees it as `ToolContext.stop_requested`."""
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number: the fence every write of it carries."""
+        return self.task.attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +65,12 @@ class ExecutorHook:
 
     def on_failure(self, run: Run, failure: Failure) -> None:
         """The failure is stored: the task is FAILED."""
+
+    def on_retry(self, run: Run, failure: Failure, delay: float) -> None:
+        """The attempt failed and the task is QUEUED again, to run after `delay` seconds."""
+
+    def on_cancelled(self, run: Run) -> None:
+        """The attempt stopped on request: the task is CANCELLED."""
+
+    def on_finish(self, run: Run) -> None:
+        """The attempt is over, however it ended (also when another attempt took over)."""

@@ -35,6 +35,22 @@ class TaskRecord:
     backend: Annotated[str | None, Stored(String(16), index=True)]
     celery_task_id: Annotated[str | None, Stored(String(64), index=True)]
     attempts: Annotated[int, Stored(Integer)]
+    """Attempts claimed so far; every write of an attempt is fenced on its number."""
+    attempts_before_retry: Annotated[int, Stored(Integer)]
+    """Attempts made before the latest manual retry: the tool's retry policy counts from here."""
+    lease_owner: Annotated[str | None, Stored(String(128))]
+    """The process running the current attempt; cleared when the task ends."""
+    lease_expires_at: Annotated[datetime | None, Stored(UTCDateTime)]
+    """A running attempt renews this; past it, the attempt counts as lost and may be re-run."""
+    run_after: Annotated[datetime | None, Stored(UTCDateTime)]
+    """A QUEUED retry waits until then (its backoff)."""
+    dispatched_at: Annotated[datetime | None, Stored(UTCDateTime)]
+    """When the task was last handed to its backend; None while a handover is pending (a
+    retry waiting for its backoff, or a Celery task waiting for the broker)."""
+    cancel_requested_at: Annotated[datetime | None, Stored(UTCDateTime)]
+    """A caller asked a running task to stop; its next progress call or heartbeat stops it."""
+    idempotency_key: Annotated[str | None, Stored(String(128))]
+    """The caller's Idempotency-Key: the same key and request return this task again."""
     rollout_bucket: Annotated[int | None, Stored(Integer)]
     rollout_percentage: Annotated[float | None, Stored(Float)]
     created_at: Annotated[datetime, Stored(UTCDateTime)]
@@ -57,7 +73,12 @@ class TaskRecord:
 
 
 TASK_COLUMNS = tuple(field.name for field in fields(TaskRecord))
-TASKS = table_of(TaskRecord, "tasks", Index("ix_tasks_status_created_at", "status", "created_at"))
+TASKS = table_of(
+    TaskRecord,
+    "tasks",
+    Index("ix_tasks_status_created_at", "status", "created_at"),
+    Index("uq_tasks_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
+)
 
 
 @dataclass(frozen=True, slots=True)

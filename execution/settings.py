@@ -9,9 +9,9 @@ lower-cased.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Self, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from execution.redaction import redact_text, redact_url
@@ -52,6 +52,9 @@ class ExecutionSettings(SettingsGroup):
     switchyard_data_dir: Path = Path("./data")
     log_level: str = "INFO"
     log_json: bool = False
+    task_lease_seconds: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    task_heartbeat_seconds: Annotated[float, Field(ge=0.1, le=600)] = 5.0
+    task_lost_retries: Annotated[int, Field(ge=0, le=100)] = 2
 
     _log_json_strict = field_validator("log_json", mode="before")(strict_bool)
 
@@ -69,6 +72,16 @@ class ExecutionSettings(SettingsGroup):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+    @model_validator(mode="after")
+    def _heartbeat_fits_the_lease(self) -> Self:
+        if self.task_heartbeat_seconds * 2 >= self.task_lease_seconds:
+            raise ValueError(
+                f"TASK_HEARTBEAT_SECONDS ({self.task_heartbeat_seconds:g}) must be under half of "
+                f"TASK_LEASE_SECONDS ({self.task_lease_seconds:g}), or one late heartbeat loses "
+                "a running task's lease"
+            )
+        return self
 
     @property
     def tool_modules(self) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,6 +13,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     func,
+    or_,
     select,
 )
 
@@ -24,8 +25,14 @@ from execution.task_statements import (
     INSERT_EVENT,
     INSERT_TASK,
     SELECT_TASK,
+    AddOne,
+    CopyOf,
+    Guard,
     update_statement,
 )
+
+_NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
+_NO_ERROR = {"error_code": None, "error_message": None}
 
 
 def utcnow() -> datetime:
@@ -69,9 +76,11 @@ class TaskStore:
         rollout_bucket: int | None,
         rollout_percentage: float | None,
         celery_task_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> TaskRecord:
         """Insert a task its dispatcher already routed: CREATED then QUEUED in its history, in
-        one commit (the dispatcher's hot path)."""
+        one commit (the dispatcher's hot path). Raises IntegrityError if the caller already
+        used `idempotency_key`."""
         now = utcnow()
         record = TaskRecord(
             task_id=task_id,
@@ -88,6 +97,13 @@ class TaskStore:
             backend=backend,
             celery_task_id=celery_task_id,
             attempts=0,
+            attempts_before_retry=0,
+            lease_owner=None,
+            lease_expires_at=None,
+            run_after=None,
+            dispatched_at=now,
+            cancel_requested_at=None,
+            idempotency_key=idempotency_key,
             rollout_bucket=rollout_bucket,
             rollout_percentage=rollout_percentage,
             created_at=now,
@@ -103,48 +119,222 @@ class TaskStore:
             self._append_event(conn, task_id, TaskStatus.QUEUED, 0, "queued", now)
         return record
 
-    def claim(self, task_id: str) -> TaskRecord | None:
-        """QUEUED -> PROCESSING, counting the attempt; None if another copy already has it."""
+    def claim(self, task_id: str, *, owner: str, lease_seconds: float) -> TaskRecord | None:
+        """Start an attempt: take the task if it is QUEUED and due, or if its last attempt's
+        lease expired (that process died); count the attempt and lease it to `owner`.
+        None if it is not claimable (another copy has it, it ended, or it does not exist)."""
+        now = utcnow()
         return self._transition(
             task_id,
-            from_statuses=(TaskStatus.QUEUED,),
+            Guard.CLAIMABLE,
             to_status=TaskStatus.PROCESSING,
             message="started",
-            values={"attempts": ADD_ONE, "progress": 0},
+            values={
+                "attempts": ADD_ONE,
+                "progress": 0,
+                "lease_owner": owner,
+                "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                "run_after": None,
+            },
             stamp="processing_started_at",
+            now=now,
         )
 
-    def record_progress(self, task_id: str, *, progress: int, message: str | None) -> bool:
-        """Write a progress step of a running task; False if it is no longer running."""
-        record = self._transition(
+    def renew_lease(self, task_id: str, *, attempt: int, lease_seconds: float) -> TaskRecord | None:
+        """Extend a running attempt's lease (no history entry); None if the attempt is stale."""
+        now = utcnow()
+        statement = update_statement(Guard.ATTEMPT, ("lease_expires_at",), ())
+        params = {
+            "set_lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "where_task_id": task_id,
+            "where_attempt": attempt,
+        }
+        with self._write_turn, self.engine.begin() as conn:
+            row = conn.execute(statement, params).one_or_none()
+        return TaskRecord.from_row(row._mapping) if row is not None else None
+
+    def record_progress(
+        self, task_id: str, *, attempt: int, progress: int, message: str | None
+    ) -> TaskRecord | None:
+        """Write a progress step of a running attempt; None if that attempt is no longer the
+        task's running one."""
+        return self._transition(
             task_id,
-            from_statuses=(TaskStatus.PROCESSING,),
+            Guard.ATTEMPT,
+            attempt=attempt,
             to_status=TaskStatus.PROCESSING,
             message=message,
             values={"progress": progress},
         )
-        return record is not None
 
-    def complete(self, task_id: str, *, result: Any) -> TaskRecord | None:
-        """PROCESSING -> COMPLETED with the tool's result."""
+    def complete(self, task_id: str, *, attempt: int, result: Any) -> TaskRecord | None:
+        """PROCESSING -> COMPLETED with the tool's result, if `attempt` is still the running one."""
         return self._transition(
             task_id,
-            from_statuses=(TaskStatus.PROCESSING,),
+            Guard.ATTEMPT,
+            attempt=attempt,
             to_status=TaskStatus.COMPLETED,
             message="completed",
-            values={"result": result, "progress": 100},
+            values={"result": result, "progress": 100, **_NO_ERROR, **_NO_LEASE},
             stamp="completed_at",
         )
 
-    def fail(self, task_id: str, *, error_code: str, error_message: str) -> TaskRecord | None:
-        """PROCESSING -> FAILED with the reason."""
+    def fail(
+        self, task_id: str, *, attempt: int, error_code: str, error_message: str
+    ) -> TaskRecord | None:
+        """PROCESSING -> FAILED with the reason, if `attempt` is still the running one."""
         return self._transition(
             task_id,
-            from_statuses=(TaskStatus.PROCESSING,),
+            Guard.ATTEMPT,
+            attempt=attempt,
             to_status=TaskStatus.FAILED,
             message="failed",
-            values={"error_code": error_code, "error_message": error_message},
+            values={"error_code": error_code, "error_message": error_message, **_NO_LEASE},
             stamp="failed_at",
+        )
+
+    def retry_later(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        delay: float,
+        error_code: str,
+        error_message: str,
+        message: str,
+    ) -> TaskRecord | None:
+        """PROCESSING -> QUEUED after a failed attempt with retries left: it waits `delay`
+        seconds (`run_after`) and is then handed to its backend again. The failure stays
+        visible until an attempt ends."""
+        now = utcnow()
+        return self._transition(
+            task_id,
+            Guard.ATTEMPT,
+            attempt=attempt,
+            to_status=TaskStatus.QUEUED,
+            message=message,
+            values={
+                "error_code": error_code,
+                "error_message": error_message,
+                "run_after": now + timedelta(seconds=delay),
+                "dispatched_at": None,
+                **_NO_LEASE,
+            },
+            now=now,
+        )
+
+    def cancel_running(self, task_id: str, *, attempt: int, reason: str) -> TaskRecord | None:
+        """PROCESSING -> CANCELLED: a running attempt stopped on request."""
+        return self._transition(
+            task_id,
+            Guard.ATTEMPT,
+            attempt=attempt,
+            to_status=TaskStatus.CANCELLED,
+            message=reason,
+            values=_NO_LEASE,
+        )
+
+    def request_cancel(self, task_id: str, *, reason: str) -> TaskRecord | None:
+        """Ask a running task to stop (it stays PROCESSING until its attempt notices)."""
+        now = utcnow()
+        return self._transition(
+            task_id,
+            Guard.RUNNING,
+            to_status=TaskStatus.PROCESSING,
+            message=reason,
+            values={"cancel_requested_at": now},
+            now=now,
+        )
+
+    def expire_lease(self, task_id: str, *, attempt: int) -> TaskRecord | None:
+        """Give up a running attempt at once (this process is stopping without it): the
+        recovery sweep treats it like any lost attempt, without waiting for the lease."""
+        return self._transition(
+            task_id,
+            Guard.ATTEMPT,
+            attempt=attempt,
+            to_status=TaskStatus.PROCESSING,
+            message="released: the process running it is stopping",
+            values={"lease_expires_at": utcnow() - timedelta(seconds=1)},
+        )
+
+    def requeue_lost(
+        self,
+        task_id: str,
+        *,
+        attempt: int,
+        backend: str,
+        celery_task_id: str | None,
+        reason: str,
+    ) -> TaskRecord | None:
+        """A lost attempt (lease expired) with attempts left: QUEUED again on `backend`."""
+        now = utcnow()
+        return self._transition(
+            task_id,
+            Guard.LOST,
+            attempt=attempt,
+            to_status=TaskStatus.QUEUED,
+            message=reason,
+            values={
+                "backend": backend,
+                "celery_task_id": celery_task_id,
+                "dispatched_at": now,
+                "progress": 0,
+                **_NO_LEASE,
+            },
+            now=now,
+        )
+
+    def end_lost(
+        self, task_id: str, *, attempt: int, status: TaskStatus, error_code: str | None, reason: str
+    ) -> TaskRecord | None:
+        """A lost attempt that must not run again: FAILED (no attempts left) or CANCELLED
+        (a cancel was requested)."""
+        now = utcnow()
+        failed = status is TaskStatus.FAILED
+        return self._transition(
+            task_id,
+            Guard.LOST,
+            attempt=attempt,
+            to_status=status,
+            message="failed" if failed else reason,
+            values={
+                "error_code": error_code,
+                "error_message": reason if failed else None,
+                **_NO_LEASE,
+            },
+            stamp="failed_at" if failed else None,
+            now=now,
+        )
+
+    def retry_finished(
+        self, task_id: str, *, backend: str, celery_task_id: str | None, reason: str
+    ) -> TaskRecord | None:
+        """FAILED/CANCELLED -> QUEUED on `backend`: a manual retry, with the tool's retry policy
+        counting afresh. Two concurrent retries make one new attempt."""
+        now = utcnow()
+        return self._transition(
+            task_id,
+            Guard.FINISHED,
+            to_status=TaskStatus.QUEUED,
+            message=reason,
+            values={
+                "attempts_before_retry": CopyOf("attempts"),
+                "backend": backend,
+                "celery_task_id": celery_task_id,
+                "progress": 0,
+                "result": None,
+                "run_after": None,
+                "dispatched_at": now,
+                "cancel_requested_at": None,
+                "processing_started_at": None,
+                "completed_at": None,
+                "failed_at": None,
+                **_NO_ERROR,
+                **_NO_LEASE,
+            },
+            stamp="queued_at",
+            now=now,
         )
 
     def cancel(
@@ -153,10 +343,14 @@ class TaskStore:
         """QUEUED -> CANCELLED; a task already running is not touched."""
         return self._transition(
             task_id,
-            from_statuses=(TaskStatus.QUEUED,),
+            Guard.QUEUED,
             to_status=TaskStatus.CANCELLED,
             message=reason,
-            values={"error_code": error_code, "error_message": reason if error_code else None},
+            values={
+                "error_code": error_code,
+                "error_message": reason if error_code else None,
+                "run_after": None,
+            },
         )
 
     def move_backend(
@@ -165,11 +359,44 @@ class TaskStore:
         """Re-route a QUEUED task (e.g. Celery switched off for it); the move is an event."""
         return self._transition(
             task_id,
-            from_statuses=(TaskStatus.QUEUED,),
+            Guard.QUEUED_ON,
+            backend=from_backend,
             to_status=TaskStatus.QUEUED,
             message=f"moved from {from_backend} to {to_backend}: {reason}",
             values={"backend": to_backend},
-            only_backend=from_backend,
+        )
+
+    def mark_dispatched(
+        self,
+        task_id: str,
+        *,
+        backend: str,
+        last_dispatched_at: datetime | None,
+        celery_task_id: str | None,
+        reason: str,
+    ) -> TaskRecord | None:
+        """Take the turn to hand a waiting task over again; None if another process took it
+        (the row changed since it was read)."""
+        now = utcnow()
+        return self._transition(
+            task_id,
+            Guard.UNDISPATCHED,
+            backend=backend,
+            dispatched_at=last_dispatched_at,
+            to_status=TaskStatus.QUEUED,
+            message=reason,
+            values={"dispatched_at": now, "celery_task_id": celery_task_id},
+            now=now,
+        )
+
+    def mark_undispatched(self, task_id: str, *, reason: str) -> TaskRecord | None:
+        """A handover failed (the broker is down): the task waits QUEUED for the next one."""
+        return self._transition(
+            task_id,
+            Guard.QUEUED,
+            to_status=TaskStatus.QUEUED,
+            message=reason,
+            values={"dispatched_at": None},
         )
 
     # -- reads ---------------------------------------------------------------------------------
@@ -216,21 +443,68 @@ class TaskStore:
     def queued(
         self, *, backend: str, unchanged_for: float = 0.0, limit: int | None = None
     ) -> list[tuple[str, int]]:
-        """(task_id, priority) of QUEUED tasks recorded for `backend`, oldest first.
+        """(task_id, priority) of QUEUED tasks recorded for `backend` and due, oldest first.
 
         `unchanged_for` skips rows written in the last that many seconds (another process is
         most likely about to run them).
         """
+        now = utcnow()
         query = (
             select(TASKS.c.task_id, TASKS.c.priority)
-            .where(TASKS.c.status == TaskStatus.QUEUED, TASKS.c.backend == backend)
+            .where(
+                TASKS.c.status == TaskStatus.QUEUED,
+                TASKS.c.backend == backend,
+                or_(TASKS.c.run_after.is_(None), TASKS.c.run_after <= now),
+            )
             .order_by(TASKS.c.created_at)
             .limit(limit)
         )
         if unchanged_for > 0:
-            query = query.where(TASKS.c.updated_at <= utcnow() - timedelta(seconds=unchanged_for))
+            query = query.where(TASKS.c.updated_at <= now - timedelta(seconds=unchanged_for))
         with self.engine.connect() as conn:
             return [(row.task_id, row.priority) for row in conn.execute(query)]
+
+    def lost(self, *, limit: int) -> list[TaskRecord]:
+        """Running tasks whose lease expired: the process running them died or stopped."""
+        query = (
+            select(TASKS)
+            .where(TASKS.c.status == TaskStatus.PROCESSING, TASKS.c.lease_expires_at < utcnow())
+            .order_by(TASKS.c.lease_expires_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [TaskRecord.from_row(row._mapping) for row in conn.execute(query)]
+
+    def awaiting_dispatch(
+        self, *, backend: str, republish_after: float, limit: int
+    ) -> list[TaskRecord]:
+        """Due QUEUED tasks of `backend` never handed over (a retry after its backoff, a task
+        accepted while the broker was down) or handed over `republish_after` seconds ago and
+        still unclaimed (the broker may have lost them)."""
+        now = utcnow()
+        query = (
+            select(TASKS)
+            .where(
+                TASKS.c.status == TaskStatus.QUEUED,
+                TASKS.c.backend == backend,
+                or_(TASKS.c.run_after.is_(None), TASKS.c.run_after <= now),
+                or_(
+                    TASKS.c.dispatched_at.is_(None),
+                    TASKS.c.dispatched_at < now - timedelta(seconds=republish_after),
+                ),
+            )
+            .order_by(TASKS.c.priority.desc(), TASKS.c.created_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [TaskRecord.from_row(row._mapping) for row in conn.execute(query)]
+
+    def by_idempotency_key(self, *, user_id: str, key: str) -> TaskRecord | None:
+        """The caller's task created with `key`, if any."""
+        query = select(TASKS).where(TASKS.c.user_id == user_id, TASKS.c.idempotency_key == key)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one_or_none()
+        return TaskRecord.from_row(row._mapping) if row is not None else None
 
     def queued_counts(self) -> dict[tuple[str, str], int]:
         """QUEUED tasks per (backend, tool_id)."""
@@ -247,30 +521,41 @@ class TaskStore:
     def _transition(
         self,
         task_id: str,
+        guard: Guard,
         *,
-        from_statuses: Iterable[TaskStatus],
         to_status: TaskStatus,
         message: str | None,
         values: Mapping[str, Any],
         stamp: str | None = None,
-        only_backend: str | None = None,
+        attempt: int | None = None,
+        backend: str | None = None,
+        dispatched_at: datetime | None = None,
+        now: datetime | None = None,
     ) -> TaskRecord | None:
         # The UPDATE comes first so the transaction takes the write lock at once (SQLite) or
         # locks the row (PostgreSQL): concurrent transitions of one task queue up, and the
         # event's seq is computed after the lock, so it cannot collide.
-        now = utcnow()
+        now = now or utcnow()
         changes = dict(values, status=to_status, message=message, updated_at=now)
         if stamp is not None:
             changes[stamp] = now
-        add_one = tuple(sorted(name for name, value in changes.items() if value is ADD_ONE))
-        set_columns = tuple(sorted(name for name in changes if name not in add_one))
-        statement = update_statement(
-            tuple(from_statuses), set_columns, add_one, only_backend is not None
+        computed = tuple(
+            sorted(
+                (name, value)
+                for name, value in changes.items()
+                if isinstance(value, AddOne | CopyOf)
+            )
         )
+        set_columns = tuple(sorted(name for name in changes if name not in dict(computed)))
+        statement = update_statement(guard, set_columns, computed)
         params = {f"set_{name}": changes[name] for name in set_columns}
-        params["where_task_id"] = task_id
-        if only_backend is not None:
-            params["where_backend"] = only_backend
+        params.update(
+            where_task_id=task_id,
+            where_now=now,
+            where_attempt=attempt,
+            where_backend=backend,
+            where_dispatched_at=dispatched_at,
+        )
         with self._write_turn, self.engine.begin() as conn:
             row = conn.execute(statement, params).one_or_none()
             if row is None:

@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from execution.models import TaskEventRow
 from execution.records import TASK_COLUMNS, TASKS
@@ -43,20 +56,86 @@ class AddOne:
 ADD_ONE = AddOne()
 
 
+@dataclass(frozen=True, slots=True)
+class CopyOf:
+    """A transition value meaning "the value another column has now"."""
+
+    column: str
+
+
+class Guard(Enum):
+    """Which rows a transition may change; each names the parameters its WHERE binds."""
+
+    QUEUED = "queued"
+    """Waiting, on any backend."""
+    QUEUED_ON = "queued_on"
+    """Waiting on `where_backend`."""
+    UNDISPATCHED = "undispatched"
+    """Waiting on `where_backend`, last handed over at `where_dispatched_at` (None: never):
+    whoever changes it first is the one to hand it over again."""
+    CLAIMABLE = "claimable"
+    """Waiting and due, or running with a lease that expired before `where_now`."""
+    ATTEMPT = "attempt"
+    """Running attempt number `where_attempt`: a stale attempt matches nothing (fencing)."""
+    LOST = "lost"
+    """Running attempt `where_attempt` whose lease expired before `where_now`."""
+    RUNNING = "running"
+    """Running, whichever attempt."""
+    FINISHED = "finished"
+    """FAILED or CANCELLED: what a manual retry starts from."""
+
+
+def guard_clause(guard: Guard) -> ColumnElement[bool]:
+    """The WHERE condition (beyond the task id) of `guard`."""
+    status, now = TASKS.c.status, bindparam("where_now", type_=TASKS.c.updated_at.type)
+    attempt = TASKS.c.attempts == bindparam("where_attempt")
+    expired = TASKS.c.lease_expires_at < now
+    backend = TASKS.c.backend == bindparam("where_backend")
+    match guard:
+        case Guard.QUEUED:
+            return status == TaskStatus.QUEUED
+        case Guard.QUEUED_ON:
+            return and_(status == TaskStatus.QUEUED, backend)
+        case Guard.UNDISPATCHED:
+            dispatched = bindparam("where_dispatched_at", type_=TASKS.c.dispatched_at.type)
+            return and_(
+                status == TaskStatus.QUEUED,
+                backend,
+                TASKS.c.dispatched_at.is_not_distinct_from(dispatched),
+            )
+        case Guard.CLAIMABLE:
+            due = or_(TASKS.c.run_after.is_(None), TASKS.c.run_after <= now)
+            return or_(
+                and_(status == TaskStatus.QUEUED, due),
+                and_(
+                    status == TaskStatus.PROCESSING,
+                    expired,
+                    TASKS.c.cancel_requested_at.is_(None),
+                ),
+            )
+        case Guard.ATTEMPT:
+            return and_(status == TaskStatus.PROCESSING, attempt)
+        case Guard.LOST:
+            return and_(status == TaskStatus.PROCESSING, attempt, expired)
+        case Guard.RUNNING:
+            return status == TaskStatus.PROCESSING
+        case Guard.FINISHED:
+            return status.in_((TaskStatus.FAILED, TaskStatus.CANCELLED))
+
+
 @functools.cache  # one statement per shape of transition: a handful, fixed by the code
 def update_statement(
-    from_statuses: tuple[TaskStatus, ...],
+    guard: Guard,
     set_columns: tuple[str, ...],
-    add_one: tuple[str, ...],
-    only_backend: bool,
+    computed: tuple[tuple[str, AddOne | CopyOf], ...],
 ) -> Update:
-    """UPDATE tasks SET <column> = :set_<column> ... WHERE the row may move, RETURNING it."""
-    where = [
-        TASKS.c.task_id == bindparam("where_task_id"),
-        or_(*(TASKS.c.status == status for status in from_statuses)),
-    ]
-    if only_backend:
-        where.append(TASKS.c.backend == bindparam("where_backend"))
-    values = binds(TASKS, set_columns, prefix="set_")
-    values.update({name: TASKS.c[name] + 1 for name in add_one})
-    return update(TASKS).where(*where).values(values).returning(*TASKS.c)
+    """UPDATE tasks SET <column> = :set_<column> ... WHERE the guard holds, RETURNING the row."""
+    values: dict[str, Any] = binds(TASKS, set_columns, prefix="set_")
+    for name, how in computed:
+        values[name] = TASKS.c[name] + 1 if isinstance(how, AddOne) else TASKS.c[how.column]
+    return (
+        update(TASKS)
+        .where(TASKS.c.task_id == bindparam("where_task_id"), guard_clause(guard))
+        .values(values)
+        .returning(*TASKS.c)
+    )

@@ -67,6 +67,11 @@ class RecordedProgress:
         self.calls.append((percent, message))
 
 
+def claim(store: TaskStore, task_id: str, *, lease_seconds: float = 30.0) -> TaskRecord | None:
+    """Claim `task_id` as a test's own attempt would."""
+    return store.claim(task_id, owner="test-host:1", lease_seconds=lease_seconds)
+
+
 def call_tool(
     spec: Tool, payload: Any, *, data_dir: Path, progress: RecordedProgress | None = None
 ) -> Any:

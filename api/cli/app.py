@@ -180,6 +180,8 @@ def time_limits(spec: Tool, settings: Settings) -> str:
 # Registered here, in the order `--help` lists them.
 app.command()(tasks.submit)
 app.command()(tasks.status)
+app.command()(tasks.cancel)
+app.command()(tasks.retry)
 app.command("tasks")(tasks.count_tasks)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")

@@ -57,6 +57,34 @@ def status(
         _print_task(call_api(client, "GET", f"/tasks/{task_id}"))
 
 
+def cancel(
+    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    url: UrlOption = DEFAULT_API_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Cancel a task: a waiting one at once, a running one at its next progress or heartbeat."""
+    with api_client(url, api_key) as client:
+        task = call_api(client, "POST", f"/tasks/{task_id}/cancel")
+    if task["status"] == "PROCESSING":
+        out.print(f"task {task_id} is running: asked to stop", highlight=False)
+    else:
+        out.print(f"task {task_id} {task['status']}", highlight=False)
+
+
+def retry(
+    task_id: Annotated[str, typer.Argument(help="The id of a FAILED or CANCELLED task.")],
+    url: UrlOption = DEFAULT_API_URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Run a FAILED or CANCELLED task again, as a new attempt of the same task."""
+    with api_client(url, api_key) as client:
+        task = call_api(client, "POST", f"/tasks/{task_id}/retry")
+    out.print(
+        f"task {task_id} {task['status']} on {task['backend']} (attempt {task['attempts'] + 1})",
+        highlight=False,
+    )
+
+
 def count_tasks(
     status: Annotated[str | None, typer.Option(help="Only this status, e.g. QUEUED.")] = None,
     backend: Annotated[str | None, typer.Option(help="Only thread or celery.")] = None,
@@ -133,6 +161,8 @@ def _print_task(task: dict[str, Any]) -> None:
         "message",
         "backend",
         "attempts",
+        "run_after",
+        "cancel_requested_at",
         "error_code",
         "error_message",
         "created_at",

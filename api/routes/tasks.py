@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response, status
 
 from api.auth import UNAUTHORIZED, Caller, CallerDep, log_denied
 from api.deps import RuntimeDep
 from api.keys import USER_ID_PATTERN
 from api.runtime import Runtime
 from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskPage
-from dispatch.dispatcher import NewTask
+from dispatch.dispatcher import IdempotencyConflict, NewTask
 from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
 from execution.store import TaskFilter
@@ -34,21 +34,43 @@ router = APIRouter(prefix="/tasks", tags=["tasks"], responses=UNAUTHORIZED)
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRecord,
     responses={
+        200: {"model": TaskRecord, "description": "The task this Idempotency-Key created before"},
         400: {"model": ErrorOut, "description": "Body nested or numbered past what JSON reads"},
         413: {"model": ErrorOut, "description": "Body larger than MAX_REQUEST_BYTES"},
         503: {"model": ErrorOut, "description": "The chosen backend cannot take the task now"},
     },
 )
-def create_task(body: TaskCreate, runtime: RuntimeDep, caller: CallerDep) -> TaskRecord:
+def create_task(
+    body: TaskCreate,
+    response: Response,
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=128,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Send the same key again (say, after a timeout) to get the same task "
+            "back (200) instead of a second one; the same key with another request is 422.",
+        ),
+    ] = None,
+) -> TaskRecord:
     """Create a task owned by the caller; it is QUEUED on the backend the rollout picks for it."""
-    return runtime.dispatcher.submit(
-        NewTask(
-            tool_id=body.tool_id,
-            payload=body.payload,
-            priority=body.priority,
-            user_id=caller.user_id,
-        )
+    request = NewTask(
+        tool_id=body.tool_id,
+        payload=body.payload,
+        priority=body.priority,
+        user_id=caller.user_id,
+        idempotency_key=idempotency_key,
     )
+    try:
+        record, replayed = runtime.dispatcher.submit_once(request)
+    except IdempotencyConflict as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    if replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return record
 
 
 @router.get(
@@ -105,22 +127,53 @@ def get_task_events(
 @router.post(
     "/{task_id}/cancel",
     response_model=TaskRecord,
-    responses={**NOT_FOUND, 409: {"model": ErrorOut, "description": "The task has started"}},
+    responses={
+        **NOT_FOUND,
+        202: {"model": TaskRecord, "description": "Running: asked to stop (ends CANCELLED)"},
+        409: {"model": ErrorOut, "description": "The task has ended"},
+    },
 )
 def cancel_task(
+    task_id: TaskId, request: Request, response: Response, runtime: RuntimeDep, caller: CallerDep
+) -> TaskRecord:
+    """Cancel a task: a waiting one at once (200, CANCELLED); a running one is asked to stop
+    (202, still PROCESSING with `cancel_requested_at`) and ends CANCELLED when its tool's next
+    progress call or heartbeat notices. An ended task is left alone (409)."""
+    _visible_task(task_id, request, runtime, caller)
+    record = runtime.dispatcher.cancel(task_id, actor=caller.user_id)
+    if record is None:
+        _conflict(runtime, task_id, "only a waiting or running task can be cancelled")
+    if record.status is TaskStatus.PROCESSING:
+        response.status_code = status.HTTP_202_ACCEPTED
+    return record
+
+
+@router.post(
+    "/{task_id}/retry",
+    response_model=TaskRecord,
+    responses={
+        **NOT_FOUND,
+        409: {"model": ErrorOut, "description": "The task is not FAILED or CANCELLED"},
+        503: {"model": ErrorOut, "description": "The chosen backend cannot take the task now"},
+    },
+)
+def retry_task(
     task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> TaskRecord:
-    """Cancel a task that has not started; a running or finished task is left alone (409)."""
+    """Run a FAILED or CANCELLED task again (same task id, a new attempt), on the backend the
+    rollout gives it now; its tool's retry policy applies afresh. Two concurrent retries make
+    one new attempt: the other answers 409."""
     _visible_task(task_id, request, runtime, caller)
-    cancelled = runtime.store.cancel(task_id, reason=f"cancelled by {caller.user_id}")
-    if cancelled is not None:
-        return cancelled
+    record = runtime.dispatcher.retry(task_id, actor=caller.user_id)
+    if record is None:
+        _conflict(runtime, task_id, "only a FAILED or CANCELLED task can be retried")
+    return record
+
+
+def _conflict(runtime: Runtime, task_id: str, what: str) -> NoReturn:
     current = runtime.store.get(task_id)
     assert current is not None, "tasks are never deleted"
-    raise HTTPException(
-        status.HTTP_409_CONFLICT,
-        f"task {task_id} is {current.status}; only a task not yet started can be cancelled",
-    )
+    raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is {current.status}; {what}")
 
 
 def _visible_task(task_id: str, request: Request, runtime: Runtime, caller: Caller) -> TaskRecord:

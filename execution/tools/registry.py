@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import random
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,9 @@ class ToolContext:
     progress: ProgressReporter
     data_dir: Path
     """Where tools may read input files from (SWITCHYARD_DATA_DIR)."""
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    """Set when the tool should stop: its soft time limit passed, a caller cancelled the task,
+    or the attempt was taken over. A long tool checks it (or calls `progress`, which raises)."""
 
 
 class ToolHandler(Protocol):
@@ -43,10 +48,29 @@ class ToolHandler(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often a failed task may run again (honoured once the reliability work lands)."""
+    """When a failed attempt runs again, and after how long (Celery's names and defaults).
+
+    An attempt is retried while the tool has retries left and it raised one of `retry_on`
+    (or outlived its time limit). The n-th retry waits `backoff * 2**(n-1)` seconds, at most
+    `backoff_max`; with `jitter`, a random time between half that and all of it, so tasks
+    that failed together do not come back together.
+    """
 
     max_retries: int = 0
-    backoff_seconds: float = 2.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 2.0
+    backoff_max: float = 600.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.backoff < 0 or self.backoff_max < 0:
+            raise ValueError("RetryPolicy: max_retries, backoff and backoff_max must be >= 0")
+
+    def delay(self, retry: int) -> float:
+        """Seconds before the `retry`-th retry (1 for the first)."""
+        exponent = min(max(retry - 1, 0), 60)  # 2**60 s is past any cap already
+        delay = min(self.backoff_max, self.backoff * 2**exponent)
+        return random.uniform(delay / 2, delay) if self.jitter else delay
 
 
 @dataclass(frozen=True, slots=True)

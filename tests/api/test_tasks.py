@@ -199,5 +199,5 @@ def test_cancel_of_a_finished_task_is_409_and_changes_nothing(client: TestClient
     response = client.post(f"/tasks/{task['task_id']}/cancel")
 
     assert response.status_code == 409
-    assert "only a task not yet started can be cancelled" in response.json()["detail"]
+    assert "only a waiting or running task can be cancelled" in response.json()["detail"]
     assert _get(client, task["task_id"]) == task

@@ -12,7 +12,7 @@ from execution.hooks import ExecutorHook, Failure, Run
 from execution.status import TaskStatus
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
-from tests.helpers import queued_task
+from tests.helpers import claim, queued_task
 
 
 class Recorder(ExecutorHook):
@@ -105,7 +105,7 @@ def test_a_copy_that_is_not_claimed_reaches_only_before_claim(
 ) -> None:
     hook = Recorder(store)
     task_id = queued_task(store).task_id
-    assert store.claim(task_id) is not None
+    assert claim(store, task_id) is not None
 
     outcome = _executor(store, registry, data_dir, hook).run(task_id)
 

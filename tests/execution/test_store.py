@@ -12,7 +12,7 @@ import pytest
 from execution.records import TaskRecord
 from execution.status import TaskStatus
 from execution.store import TaskFilter, TaskStore
-from tests.helpers import queued_task
+from tests.helpers import claim, queued_task
 
 
 def _in_status(store: TaskStore, status: TaskStatus) -> TaskRecord:
@@ -20,17 +20,17 @@ def _in_status(store: TaskStore, status: TaskStatus) -> TaskRecord:
     record = queued_task(store)
     moves: dict[TaskStatus, Callable[[str], TaskRecord | None]] = {
         TaskStatus.QUEUED: store.get,
-        TaskStatus.PROCESSING: store.claim,
+        TaskStatus.PROCESSING: lambda task_id: claim(store, task_id),
         TaskStatus.CANCELLED: lambda task_id: store.cancel(task_id, reason="test"),
     }
     if status in moves:
         moved = moves[status](record.task_id)
     else:
-        assert store.claim(record.task_id) is not None
+        assert claim(store, record.task_id) is not None
         if status is TaskStatus.COMPLETED:
-            moved = store.complete(record.task_id, result={"ok": True})
+            moved = store.complete(record.task_id, attempt=1, result={"ok": True})
         else:
-            moved = store.fail(record.task_id, error_code="E", error_message="m")
+            moved = store.fail(record.task_id, attempt=1, error_code="E", error_message="m")
     assert moved is not None
     assert moved.status is status
     return moved
@@ -68,13 +68,13 @@ def test_every_transition_writes_the_row_and_exactly_one_event(store: TaskStore)
     task_id = queued_task(store).task_id
 
     def report_progress() -> TaskRecord | None:
-        moved = store.record_progress(task_id, progress=40, message="m")
+        moved = store.record_progress(task_id, attempt=1, progress=40, message="m")
         return store.get(task_id) if moved else None
 
     steps: list[Callable[[], TaskRecord | None]] = [
-        lambda: store.claim(task_id),
+        lambda: claim(store, task_id),
         report_progress,
-        lambda: store.complete(task_id, result={"rows": 3}),
+        lambda: store.complete(task_id, attempt=1, result={"rows": 3}),
     ]
 
     for step in steps:
@@ -108,7 +108,7 @@ def test_every_transition_writes_the_row_and_exactly_one_event(store: TaskStore)
 def test_fail_records_the_reason(store: TaskStore) -> None:
     task_id = _in_status(store, TaskStatus.PROCESSING).task_id
 
-    record = store.fail(task_id, error_code="ValueError", error_message="bad row 7")
+    record = store.fail(task_id, attempt=1, error_code="ValueError", error_message="bad row 7")
 
     assert record is not None
     assert record.status is TaskStatus.FAILED
@@ -130,10 +130,10 @@ def test_cancel_by_a_backend_records_why(store: TaskStore) -> None:
 Transition = Callable[[TaskStore, str], object]
 
 TRANSITIONS: dict[str, Transition] = {
-    "claim": lambda s, t: s.claim(t),
-    "record_progress": lambda s, t: s.record_progress(t, progress=50, message="half") or None,
-    "complete": lambda s, t: s.complete(t, result={}),
-    "fail": lambda s, t: s.fail(t, error_code="E", error_message="m"),
+    "claim": lambda s, t: claim(s, t),
+    "record_progress": lambda s, t: s.record_progress(t, attempt=1, progress=50, message="half"),
+    "complete": lambda s, t: s.complete(t, attempt=1, result={}),
+    "fail": lambda s, t: s.fail(t, attempt=1, error_code="E", error_message="m"),
     "cancel": lambda s, t: s.cancel(t, reason="no"),
 }
 
@@ -175,8 +175,8 @@ def test_a_transition_of_an_unknown_task_changes_nothing(store: TaskStore, trans
 def test_only_the_first_of_two_claims_succeeds(store: TaskStore) -> None:
     task_id = queued_task(store).task_id
 
-    first = store.claim(task_id)
-    second = store.claim(task_id)
+    first = claim(store, task_id)
+    second = claim(store, task_id)
 
     assert first is not None
     assert first.attempts == 1
@@ -192,7 +192,7 @@ def test_claims_raced_from_many_threads_have_one_winner(store: TaskStore) -> Non
 
     def contend() -> None:
         start.wait()
-        results.append(store.claim(task_id))
+        results.append(claim(store, task_id))
 
     threads = [threading.Thread(target=contend) for _ in range(contenders)]
     for thread in threads:
@@ -233,7 +233,7 @@ def test_find_filters_and_pages_newest_first(store: TaskStore) -> None:
     noop_a = queued_task(store, tool_id="noop")
     echo = queued_task(store, tool_id="echo", backend="celery")
     noop_b = queued_task(store, tool_id="noop")
-    assert store.claim(noop_b.task_id) is not None
+    assert claim(store, noop_b.task_id) is not None
 
     def ids(where: TaskFilter, limit: int = 10, offset: int = 0) -> list[str]:
         return [r.task_id for r in store.find(where, limit=limit, offset=offset)]
@@ -250,7 +250,7 @@ def test_queued_lists_only_queued_tasks_of_the_backend(store: TaskStore) -> None
     low = queued_task(store, priority=1)
     high = queued_task(store, priority=8)
     queued_task(store, backend="celery")
-    assert store.claim(queued_task(store).task_id) is not None
+    assert claim(store, queued_task(store).task_id) is not None
     assert store.cancel(queued_task(store).task_id, reason="test") is not None
 
     assert store.queued(backend="thread") == [(low.task_id, 1), (high.task_id, 8)]

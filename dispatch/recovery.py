@@ -1,0 +1,217 @@
+"""Recovery: no task stays non-terminal with nobody working on it.
+
+Every API process and every worker runs this sweep; they need not agree on anything, because
+each step is a conditional write that only one of them can win (the store arbitrates):
+
+- a running task whose lease expired lost its process (killed, OOM, a deploy that did not
+  wait): it is QUEUED again on the backend the rollout gives it now, or FAILED with
+  `WORKER_LOST` once its attempts are used up, or CANCELLED if a caller asked it to stop;
+- a Celery task due but never handed over (a retry after its backoff, a publish that failed)
+  is published;
+- a Celery task published CELERY_REPUBLISH_SECONDS ago and still unclaimed is published again:
+  the broker may have lost it (Redis restarted without persistence, `celery purge`). A
+  duplicate message is harmless: the claim runs a task once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from backends.base import BackendUnavailable, TaskBackend
+from dispatch.dispatcher import routing_key
+from dispatch.rollout.policy import route
+from dispatch.rollout.watch import RolloutSource
+from execution.executor import WORKER_LOST, attempts_allowed
+from execution.records import TaskRecord
+from execution.status import BackendName, TaskStatus
+from execution.store import TaskStore
+from execution.tools.registry import ToolRegistry
+
+log = structlog.get_logger(__name__)
+
+BATCH = 200
+"""Tasks handled per step and round; a backlog larger than this takes several rounds."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What one round of the sweep did."""
+
+    requeued: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    published: int = 0
+
+    def __bool__(self) -> bool:
+        return any((self.requeued, self.failed, self.cancelled, self.published))
+
+
+class Recovery:
+    """Finds lost and unpublished tasks and hands them over again; safe to run everywhere."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        registry: ToolRegistry,
+        backends: Mapping[str, TaskBackend],
+        rollout: RolloutSource,
+        lost_retries: int,
+        republish_after: float,
+        interval: float,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._backends = backends
+        self._rollout = rollout
+        self._lost_retries = lost_retries
+        self._republish_after = republish_after
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Sweep every `interval` seconds in a background thread, starting now."""
+        if self._thread is not None:
+            return
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._loop, name="switchyard-recovery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sweeping (the round under way finishes)."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def sweep(self) -> SweepReport:
+        """One round: recover lost attempts, then publish what Celery should have."""
+        requeued = failed = cancelled = 0
+        for task in self._store.lost(limit=BATCH):
+            outcome = self._recover(task)
+            requeued += outcome is TaskStatus.QUEUED
+            failed += outcome is TaskStatus.FAILED
+            cancelled += outcome is TaskStatus.CANCELLED
+        return SweepReport(requeued, failed, cancelled, self._publish_waiting())
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                if report := self.sweep():
+                    log.info(
+                        "recovery.swept",
+                        requeued=report.requeued,
+                        failed=report.failed,
+                        cancelled=report.cancelled,
+                        published=report.published,
+                    )
+            except Exception as exc:  # a database blip: the next round tries again
+                log.warning("recovery.sweep_failed", error=str(exc))
+            self._stopped.wait(self._interval)
+
+    def _recover(self, task: TaskRecord) -> TaskStatus | None:
+        lost = f"attempt {task.attempts} lost its worker ({task.lease_owner}; lease expired)"
+        if task.cancel_requested_at is not None:
+            ended = self._store.end_lost(
+                task.task_id,
+                attempt=task.attempts,
+                status=TaskStatus.CANCELLED,
+                error_code=None,
+                reason=f"cancelled: {lost}",
+            )
+            return TaskStatus.CANCELLED if ended else None
+        tool = self._registry.get(task.tool_id)
+        if tool is None or task.attempts >= attempts_allowed(task, tool, self._lost_retries):
+            ended = self._store.end_lost(
+                task.task_id,
+                attempt=task.attempts,
+                status=TaskStatus.FAILED,
+                error_code=WORKER_LOST,
+                reason=f"{lost}, and no attempts are left",
+            )
+            if ended:
+                log.warning(
+                    "task.worker_lost",
+                    task_id=task.task_id,
+                    tool_id=task.tool_id,
+                    backend=task.backend,
+                    attempt=task.attempts,
+                )
+            return TaskStatus.FAILED if ended else None
+        policy = self._rollout.current()
+        decision = route(
+            policy, routing_key(policy, user_id=task.user_id, task_id=task.task_id), task.tool_id
+        )
+        backend = self._backends.get(decision.backend)
+        requeued = self._store.requeue_lost(
+            task.task_id,
+            attempt=task.attempts,
+            backend=decision.backend,
+            celery_task_id=backend.external_id(task.task_id) if backend else None,
+            reason=f"requeued: {lost}",
+        )
+        if requeued is None:
+            return None  # another sweeper, or a redelivered message, got there first
+        log.info(
+            "task.recovered",
+            task_id=task.task_id,
+            tool_id=task.tool_id,
+            backend=decision.backend,
+            attempt=task.attempts,
+        )
+        # Without that backend here (a worker has no thread pool) the row is enough: the
+        # processes that run it pick QUEUED rows up.
+        if backend is not None:
+            self._hand_over(backend, requeued)
+        return TaskStatus.QUEUED
+
+    def _publish_waiting(self) -> int:
+        celery = self._backends.get(BackendName.CELERY)
+        if celery is None:
+            return 0
+        published = 0
+        waiting = self._store.awaiting_dispatch(
+            backend=BackendName.CELERY, republish_after=self._republish_after, limit=BATCH
+        )
+        for task in waiting:
+            if task.dispatched_at is None:
+                reason = "published to celery"
+            else:
+                reason = (
+                    f"published again: no worker claimed it within {self._republish_after:g}s "
+                    "(the broker may have lost it)"
+                )
+            turn = self._store.mark_dispatched(
+                task.task_id,
+                backend=BackendName.CELERY,
+                last_dispatched_at=task.dispatched_at,
+                celery_task_id=celery.external_id(task.task_id),
+                reason=reason,
+            )
+            if turn is None:
+                continue  # another process took this one
+            if not self._hand_over(celery, turn):
+                break  # the broker is down: the next round tries again
+            published += 1
+        return published
+
+    def _hand_over(self, backend: TaskBackend, task: TaskRecord) -> bool:
+        try:
+            backend.submit(task)
+        except BackendUnavailable as exc:
+            self._store.mark_undispatched(
+                task.task_id, reason=f"waiting for the {backend.name} backend: {exc.reason}"
+            )
+            log.warning(
+                "recovery.handover_failed",
+                task_id=task.task_id,
+                backend=backend.name,
+                reason=exc.reason,
+            )
+            return False
+        return True

@@ -1,0 +1,204 @@
+"""Leases: a running attempt stays claimed only while its process keeps saying so.
+
+One keeper thread per process renews the lease of every attempt running there, whether or not
+the tool calls `progress` (a heartbeat), and watches what a tool cannot be trusted to watch
+itself: its soft and hard time limits, and a cancel requested by a caller. An attempt the
+keeper ends (hard limit, cancel) or finds taken over (its lease was lost) is *abandoned*: its
+later writes are fenced off by the store, and whoever runs it (a thread pool) is told, so it
+can replace the stuck thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from execution.hooks import ExecutorHook, Run
+from execution.store import TaskStore
+
+log = structlog.get_logger(__name__)
+
+Abandoned = Callable[[int], None]
+"""Told the `threading.get_ident()` of a thread whose attempt was abandoned."""
+
+
+class TaskNoLongerRunning(Exception):
+    """The attempt is no longer the task's running one; the tool should stop."""
+
+
+@dataclass(slots=True)
+class _Active:
+    run: Run
+    thread: int
+    soft_deadline: float | None
+    hard_deadline: float | None
+    next_renewal: float
+    ended: bool = False
+
+
+class LeaseKeeper(ExecutorHook):
+    """Renews leases and enforces limits and cancels for the attempts running in this process."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        lease_seconds: float,
+        heartbeat_seconds: float,
+        on_time_limit: Callable[[Run], None],
+        on_cancel: Callable[[Run], None],
+    ) -> None:
+        self._store = store
+        self.lease_seconds = lease_seconds
+        self._heartbeat = heartbeat_seconds
+        self._on_time_limit = on_time_limit
+        self._on_cancel = on_cancel
+        self._active: dict[tuple[str, int], _Active] = {}
+        self._listeners: list[Abandoned] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, listener: Abandoned) -> None:
+        """Be told when an attempt running on some thread is abandoned."""
+        self._listeners.append(listener)
+
+    def running(self) -> int:
+        """Attempts this process runs and still holds."""
+        with self._lock:
+            return sum(not active.ended for active in self._active.values())
+
+    # -- hook ----------------------------------------------------------------------------------
+
+    def after_claim(self, run: Run) -> None:
+        now = time.monotonic()
+        active = _Active(
+            run=run,
+            thread=threading.get_ident(),
+            soft_deadline=run.started + run.soft_time_limit if run.soft_time_limit else None,
+            hard_deadline=run.started + run.time_limit if run.time_limit else None,
+            next_renewal=now + self._heartbeat,
+        )
+        with self._lock:
+            self._active[(run.task.task_id, run.attempt)] = active
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._keep, name="switchyard-leases", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+
+    def on_progress(self, run: Run, percent: int, message: str | None) -> None:
+        with self._lock:
+            active = self._active.get((run.task.task_id, run.attempt))
+            ended = active is not None and active.ended
+        if ended:
+            raise TaskNoLongerRunning(run.task.task_id)
+
+    def on_finish(self, run: Run) -> None:
+        with self._lock:
+            self._active.pop((run.task.task_id, run.attempt), None)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def release_all(self) -> int:
+        """Give up every attempt still running here (the process is stopping): their leases
+        expire now, so recovery re-runs them without waiting. Returns how many."""
+        with self._lock:
+            left = [active for active in self._active.values() if not active.ended]
+            for active in left:
+                active.ended = True
+                active.run.stop.set()
+        released = 0
+        for active in left:
+            task = active.run.task
+            if self._store.expire_lease(task.task_id, attempt=active.run.attempt) is not None:
+                released += 1
+                log.warning(
+                    "task.released",
+                    task_id=task.task_id,
+                    tool_id=task.tool_id,
+                    attempt=task.attempts,
+                )
+        return released
+
+    # -- the keeper thread ---------------------------------------------------------------------
+
+    def _keep(self) -> None:
+        while True:
+            with self._lock:
+                due = [a for a in self._active.values() if not a.ended and self._is_due(a)]
+                if not due:
+                    self._wake.wait(timeout=self._next_wait())
+                    continue
+            for active in due:
+                try:
+                    self._check(active)
+                except Exception as exc:  # a database blip: the next tick tries again
+                    log.warning(
+                        "lease.check_failed", task_id=active.run.task.task_id, error=str(exc)
+                    )
+                    active.next_renewal = time.monotonic() + min(1.0, self._heartbeat)
+
+    def _next_wait(self) -> float:
+        now = time.monotonic()
+        moments = [now + self._heartbeat]
+        for active in self._active.values():
+            if not active.ended:
+                moments.append(active.next_renewal)
+                moments.extend(
+                    d for d in (active.soft_deadline, active.hard_deadline) if d is not None
+                )
+                if active.run.stop.is_set() and active.soft_deadline is not None:
+                    moments.remove(active.soft_deadline)
+        return max(0.01, min(moments) - now)
+
+    @staticmethod
+    def _is_due(active: _Active) -> bool:
+        now = time.monotonic()
+        soft = active.soft_deadline
+        return (
+            now >= active.next_renewal
+            or (active.hard_deadline is not None and now >= active.hard_deadline)
+            or (soft is not None and now >= soft and not active.run.stop.is_set())
+        )
+
+    def _check(self, active: _Active) -> None:
+        run, now = active.run, time.monotonic()
+        if active.hard_deadline is not None and now >= active.hard_deadline:
+            self._abandon(active, "time_limit")
+            self._on_time_limit(run)
+            return
+        if active.soft_deadline is not None and now >= active.soft_deadline:
+            run.stop.set()  # the tool is told; its next progress call raises
+        if now < active.next_renewal:
+            return
+        record = self._store.renew_lease(
+            run.task.task_id, attempt=run.attempt, lease_seconds=self.lease_seconds
+        )
+        active.next_renewal = time.monotonic() + self._heartbeat
+        if record is None:
+            self._abandon(active, "lease_lost")
+        elif record.cancel_requested_at is not None:
+            self._abandon(active, "cancelled")
+            self._on_cancel(run)
+
+    def _abandon(self, active: _Active, why: str) -> None:
+        with self._lock:
+            active.ended = True
+        active.run.stop.set()
+        task = active.run.task
+        log.warning(
+            "task.abandoned",
+            task_id=task.task_id,
+            tool_id=task.tool_id,
+            backend=task.backend,
+            attempt=task.attempts,
+            reason=why,
+        )
+        for listener in self._listeners:
+            listener(active.thread)
