@@ -169,9 +169,10 @@ class LeaseKeeper(ExecutorHook):
 
     def _check(self, active: _Active) -> None:
         run, now = active.run, time.monotonic()
+        # The row is written first, then the tool told: whatever it does next is fenced off.
         if active.hard_deadline is not None and now >= active.hard_deadline:
-            self._abandon(active, "time_limit")
             self._on_time_limit(run)
+            self._abandon(active, "time_limit")
             return
         if active.soft_deadline is not None and now >= active.soft_deadline:
             run.stop.set()  # the tool is told; its next progress call raises
@@ -184,8 +185,8 @@ class LeaseKeeper(ExecutorHook):
         if record is None:
             self._abandon(active, "lease_lost")
         elif record.cancel_requested_at is not None:
-            self._abandon(active, "cancelled")
             self._on_cancel(run)
+            self._abandon(active, "cancelled")
 
     def _abandon(self, active: _Active, why: str) -> None:
         with self._lock:

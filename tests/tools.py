@@ -8,7 +8,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from execution.tools.registry import Tool, ToolContext, ToolRegistry, load_registry, tool
+from execution.tools.registry import (
+    RetryPolicy,
+    Tool,
+    ToolContext,
+    ToolRegistry,
+    load_registry,
+    tool,
+)
 
 GATE_TIMEOUT = 10.0
 """A gate nobody opens fails its task instead of holding a worker thread forever."""
@@ -75,6 +82,38 @@ def tick_until_stopped(ctx: ToolContext) -> dict[str, Any]:
     while time.monotonic() < deadline:
         ctx.progress(1, "ticking")
     return {"stopped": False}
+
+
+@tool("flaky", retry=RetryPolicy(max_retries=3, backoff=0, jitter=False))
+def flaky(ctx: ToolContext) -> dict[str, Any]:
+    """Raise ConnectionError on the first `failures` attempts (2 unless given), then succeed."""
+    if ctx.attempt <= int(ctx.payload.get("failures", 2)):
+        raise ConnectionError(f"attempt {ctx.attempt}: upstream refused")
+    return {"attempt": ctx.attempt}
+
+
+@tool("picky", retry=RetryPolicy(max_retries=3, retry_on=(ConnectionError,), backoff=0))
+def picky(ctx: ToolContext) -> dict[str, Any]:
+    """Retries only ConnectionError, and raises ValueError: a bug is not worth retrying."""
+    raise ValueError("bad input")
+
+
+HUNG = threading.Event()
+"""Never set by a test: what a `hangs` task waits on (for GATE_TIMEOUT at most)."""
+
+
+@tool("hangs", time_limit=1)
+def hangs(ctx: ToolContext) -> dict[str, Any]:
+    """Ignore every signal and block, past its one-second hard limit."""
+    HUNG.wait(GATE_TIMEOUT)
+    return {"woke": True}
+
+
+@tool("silent")
+def silent(ctx: ToolContext) -> dict[str, Any]:
+    """Never report progress; return once told to stop (or after GATE_TIMEOUT)."""
+    stopped = ctx.stop_requested.wait(GATE_TIMEOUT)
+    return {"stopped": stopped}
 
 
 class Gate:

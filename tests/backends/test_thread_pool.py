@@ -174,3 +174,35 @@ def test_health_reports_workers_and_whether_it_takes_work(
 
     backend.shutdown(timeout=WAIT_SECONDS)
     assert not backend.health().ok
+
+
+def test_a_hung_tool_past_its_hard_limit_gives_its_slot_back(
+    store: TaskStore, thread_backends: ThreadBackendFactory
+) -> None:
+    pool = thread_backends(workers=1)
+    hung = queued_task(store, tool_id="hangs")  # ignores everything; hard limit 1 s
+    pool.submit(hung)
+    _wait_for(store, [hung], TaskStatus.FAILED)
+
+    after = [queued_task(store, tool_id="echo") for _ in range(3)]
+    for task in after:
+        pool.submit(task)
+
+    _wait_for(store, after, TaskStatus.COMPLETED)  # the only thread is still stuck in `hangs`
+    record = store.get(hung.task_id)
+    assert record is not None
+    assert record.error_code == "TIME_LIMIT_EXCEEDED"
+    health = pool.health()
+    assert health.ok
+    assert (health.detail["workers"], health.detail["alive"]) == (1, 1)
+
+
+def test_a_shutdown_that_times_out_releases_running_tasks_to_recovery(
+    store: TaskStore, thread_backends: ThreadBackendFactory, gate: Gate
+) -> None:
+    pool = thread_backends(workers=1)
+    running = _hold_the_only_worker(store, gate, pool.submit)
+
+    pool.shutdown(timeout=0.1)
+
+    assert [task.task_id for task in store.lost(limit=10)] == [running.task_id]
