@@ -130,7 +130,11 @@ class Runtime:
             backends=backends,
             rollout=rollout,
             dispatcher=Dispatcher(
-                store=store, registry=registry, backends=backends, rollout=rollout
+                store=store,
+                registry=registry,
+                backends=backends,
+                rollout=rollout,
+                broker_down=settings.celery_unavailable,
             ),
             recovery=recovery(
                 settings, store=store, registry=registry, backends=backends, rollout=rollout

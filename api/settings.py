@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from backends.settings import BackendSettings
 from dispatch.rollout.settings import RolloutSettings
-from dispatch.settings import RecoverySettings
+from dispatch.settings import DispatchSettings, RecoverySettings
 from execution.redaction import redact_url
 from execution.settings import ExecutionSettings, SettingsGroup, load, split_list
 
@@ -48,7 +48,14 @@ class ApiSettings(SettingsGroup):
         return split_list(self.cors_origins)
 
 
-class Settings(ApiSettings, RolloutSettings, RecoverySettings, BackendSettings, ExecutionSettings):
+class Settings(
+    ApiSettings,
+    RolloutSettings,
+    DispatchSettings,
+    RecoverySettings,
+    BackendSettings,
+    ExecutionSettings,
+):
     """Every knob an operator can turn: loaded once per process (API or worker), passed down."""
 
     def redacted(self) -> dict[str, object]:

@@ -10,11 +10,12 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import IntegrityError
 
-from backends.base import BackendUnavailable, TaskBackend
+from backends.base import BackendFull, BackendUnavailable, TaskBackend
 from dispatch.rollout.policy import RolloutPolicy, Stickiness, route
 from dispatch.rollout.watch import RolloutSource
+from dispatch.settings import BrokerDown
 from execution.records import TaskRecord
-from execution.status import TaskStatus
+from execution.status import BackendName, TaskStatus
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 
@@ -60,11 +61,13 @@ class Dispatcher:
         registry: ToolRegistry,
         backends: Mapping[str, TaskBackend],
         rollout: RolloutSource,
+        broker_down: BrokerDown = BrokerDown.REJECT,
     ) -> None:
         self.store = store
         self.registry = registry
         self.backends = backends
         self.rollout = rollout
+        self.broker_down = broker_down
 
     def submit(self, request: NewTask) -> TaskRecord:
         """Create the task and hand it to its backend; raise if tool, payload or backend refuse."""
@@ -110,7 +113,7 @@ class Dispatcher:
             return existing, True
         # Handed over only now, after the QUEUED row is committed: a worker that picks the
         # task up at once always finds it.
-        self._hand_over(backend, queued)
+        queued = self._hand_over(backend, queued)
         # DEBUG: the row and its QUEUED event record the routing; a task's one INFO line is the
         # executor's, saying how it ended (an INFO line costs about as much as a status write).
         log.debug(
@@ -141,9 +144,9 @@ class Dispatcher:
             celery_task_id=backend.external_id(task_id),
             reason=f"retry requested by {actor}",
         )
-        if queued is not None:
-            self._hand_over(backend, queued)
-        return queued
+        if queued is None:
+            return None
+        return self._hand_over(backend, queued)
 
     def cancel(self, task_id: str, *, actor: str) -> TaskRecord | None:
         """Cancel a QUEUED task at once, or ask a running one to stop (it ends CANCELLED when
@@ -169,17 +172,54 @@ class Dispatcher:
             )
         return backend
 
-    def _hand_over(self, backend: TaskBackend, queued: TaskRecord) -> None:
+    def _hand_over(self, backend: TaskBackend, queued: TaskRecord) -> TaskRecord:
+        """Give the committed task to its backend; returns the row as it now stands."""
         try:
             backend.submit(queued)
+            return queued
+        except BackendFull as exc:
+            refused: BackendUnavailable = exc
         except BackendUnavailable as exc:
-            self.store.cancel(
-                queued.task_id, reason=f"not accepted: {exc.reason}", error_code="REJECTED"
+            refused = exc
+            if backend.name == BackendName.CELERY:
+                kept = self._keep_while_broker_down(queued, exc)
+                if kept is not None:
+                    return kept
+        self.store.cancel(
+            queued.task_id, reason=f"not accepted: {refused.reason}", error_code="REJECTED"
+        )
+        log.warning(
+            "task.rejected", task_id=queued.task_id, backend=backend.name, reason=refused.reason
+        )
+        raise TaskRejected(queued.task_id, refused) from refused
+
+    def _keep_while_broker_down(
+        self, queued: TaskRecord, exc: BackendUnavailable
+    ) -> TaskRecord | None:
+        """CELERY_UNAVAILABLE=accept or threads: the task is kept instead of refused."""
+        task_id = queued.task_id
+        if self.broker_down is BrokerDown.ACCEPT:
+            kept = self.store.mark_undispatched(
+                task_id,
+                reason=f"accepted while the broker is down ({exc.reason}); "
+                "published when it is back",
             )
-            log.warning(
-                "task.rejected", task_id=queued.task_id, backend=backend.name, reason=exc.reason
+        elif self.broker_down is BrokerDown.THREADS and BackendName.THREAD in self.backends:
+            kept = self.store.move_backend(
+                task_id,
+                from_backend=BackendName.CELERY,
+                to_backend=BackendName.THREAD,
+                reason=f"broker down: {exc.reason}",
             )
-            raise TaskRejected(queued.task_id, exc) from exc
+            if kept is not None:
+                try:
+                    self.backends[BackendName.THREAD].submit(kept)
+                except BackendUnavailable:
+                    return None  # the pool is full too: refused like any other
+        else:
+            return None
+        log.warning("task.kept", task_id=task_id, mode=self.broker_down.value, reason=exc.reason)
+        return kept
 
     def _replay(self, request: NewTask, payload: Any, priority: int) -> TaskRecord | None:
         assert request.idempotency_key is not None

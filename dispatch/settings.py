@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
 
 from execution.settings import SettingsGroup
+
+
+class BrokerDown(StrEnum):
+    """What a new task routed to Celery gets while the broker cannot take it."""
+
+    REJECT = "reject"
+    """503 with Retry-After; the row ends CANCELLED (REJECTED): the client retries."""
+    ACCEPT = "accept"
+    """202; the row waits QUEUED, unpublished, and recovery publishes it once the broker is
+    back (a transactional outbox)."""
+    THREADS = "threads"
+    """201 on the thread backend instead; the row's history says why."""
+
+
+class DispatchSettings(SettingsGroup):
+    """How the dispatcher treats a broker that cannot take a task."""
+
+    celery_unavailable: BrokerDown = BrokerDown.REJECT
 
 
 class RecoverySettings(SettingsGroup):

@@ -35,6 +35,10 @@ router = APIRouter(prefix="/tasks", tags=["tasks"], responses=UNAUTHORIZED)
     response_model=TaskRecord,
     responses={
         200: {"model": TaskRecord, "description": "The task this Idempotency-Key created before"},
+        202: {
+            "model": TaskRecord,
+            "description": "Broker down and CELERY_UNAVAILABLE=accept: published once it is back",
+        },
         400: {"model": ErrorOut, "description": "Body nested or numbered past what JSON reads"},
         413: {"model": ErrorOut, "description": "Body larger than MAX_REQUEST_BYTES"},
         503: {"model": ErrorOut, "description": "The chosen backend cannot take the task now"},
@@ -70,6 +74,8 @@ def create_task(
     if replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
+    elif record.dispatched_at is None:  # CELERY_UNAVAILABLE=accept, with the broker down
+        response.status_code = status.HTTP_202_ACCEPTED
     return record
 
 

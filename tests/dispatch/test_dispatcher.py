@@ -12,6 +12,7 @@ from backends.testing import InlineBackend, RecordingBackend
 from dispatch.dispatcher import Dispatcher, NewTask, TaskRejected
 from dispatch.rollout.policy import RolloutPolicy, bucket
 from dispatch.rollout.watch import StaticRollout
+from dispatch.settings import BrokerDown
 from execution.database import make_engine
 from execution.executor import TaskExecutor
 from execution.records import TaskRecord
@@ -200,3 +201,63 @@ def test_with_an_inline_backend_the_task_has_ended_when_submit_returns(
     assert done is not None
     assert done.status is TaskStatus.COMPLETED
     assert done.result == {"task_id": queued.task_id, "attempt": 1, "payload": {"n": 1}}
+
+
+def _broker_down(
+    store: TaskStore, registry: ToolRegistry, mode: BrokerDown
+) -> tuple[Dispatcher, RecordingBackend]:
+    threads = RecordingBackend(name="thread")
+    celery = RecordingBackend(name="celery", unavailable="broker unreachable")
+    policy = RolloutPolicy(use_celery=True, percentage=100, salt=SALT)
+    dispatcher = Dispatcher(
+        store=store,
+        registry=registry,
+        backends={"thread": threads, "celery": celery},
+        rollout=StaticRollout(policy),
+        broker_down=mode,
+    )
+    return dispatcher, threads
+
+
+def test_with_the_broker_down_accept_keeps_the_task_queued_for_recovery_to_publish(
+    store: TaskStore, registry: ToolRegistry
+) -> None:
+    dispatcher, threads = _broker_down(store, registry, BrokerDown.ACCEPT)
+
+    record = dispatcher.submit(NewTask(tool_id="noop", payload={}, user_id="u"))
+
+    assert (record.status, record.backend, record.dispatched_at) == (
+        TaskStatus.QUEUED,
+        "celery",
+        None,
+    )
+    assert store.get(record.task_id) == record
+    assert threads.submitted == []
+    assert [
+        t.task_id for t in store.awaiting_dispatch(backend="celery", republish_after=300, limit=10)
+    ] == [record.task_id]
+
+
+def test_with_the_broker_down_threads_runs_the_task_on_threads_and_says_why(
+    store: TaskStore, registry: ToolRegistry
+) -> None:
+    dispatcher, threads = _broker_down(store, registry, BrokerDown.THREADS)
+
+    record = dispatcher.submit(NewTask(tool_id="noop", payload={}, user_id="u"))
+
+    assert (record.status, record.backend) == (TaskStatus.QUEUED, "thread")
+    assert [t.task_id for t in threads.submitted] == [record.task_id]
+    assert record.message == "moved from celery to thread: broker down: broker unreachable"
+
+
+def test_with_the_broker_down_reject_is_today_s_503_and_a_cancelled_row(
+    store: TaskStore, registry: ToolRegistry
+) -> None:
+    dispatcher, _ = _broker_down(store, registry, BrokerDown.REJECT)
+
+    with pytest.raises(TaskRejected) as refused:
+        dispatcher.submit(NewTask(tool_id="noop", payload={}, user_id="u"))
+
+    record = store.get(refused.value.task_id)
+    assert record is not None
+    assert (record.status, record.error_code) == (TaskStatus.CANCELLED, "REJECTED")
