@@ -48,15 +48,15 @@ class RedisServer:
         self.process.wait(timeout=10)
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    """redis-server without persistence (tests need none)."""
+def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
+    """redis-server without persistence (tests need none); on `port` to restart one."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServerUnavailable(
             "redis-server is not installed: run `make test` (it installs it) "
             "or `apt-get install -y redis-server`"
         )
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,
