@@ -55,14 +55,18 @@ def build_executor(
     )
 
 
-def rollout_watcher(settings: Settings, engine: Engine, *, use_celery: bool) -> RolloutWatcher:
-    """The stored rollout, kept current in this process (not started)."""
+def rollout_watcher(
+    settings: Settings, engine: Engine, *, use_celery: bool, seed: bool = True
+) -> RolloutWatcher:
+    """The stored rollout, kept current in this process (not started); `seed=False` for a
+    worker, which follows the state and never writes the first one from its environment."""
     return RolloutWatcher(
         RolloutStore(engine),
         use_celery=use_celery,
         seed_percentage=settings.celery_rollout_percentage,
         salt=settings.rollout_salt,
         interval=settings.rollout_refresh_seconds,
+        seed=seed,
     )
 
 

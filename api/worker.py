@@ -41,11 +41,14 @@ def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerService
     )
     # Workers honour the stored rollout only: USE_CELERY is the switch of the processes that
     # create tasks, and a worker without it set must not hand every task back.
-    rollout = rollout_watcher(settings, engine, use_celery=True)
+    rollout = rollout_watcher(settings, engine, use_celery=True, seed=False)
     rollout.start()
-    return WorkerServices(
-        executor=executor, hand_back_to=lambda tool_id: rollout.current().hand_back_to(tool_id)
-    )
+
+    def hand_back_to(tool_id: str) -> str | None:
+        # No stored rollout yet (no API process ever started): nothing to hand back to.
+        return rollout.current().hand_back_to(tool_id) if rollout.state() else None
+
+    return WorkerServices(executor=executor, hand_back_to=hand_back_to)
 
 
 class WorkerRecovery:
@@ -64,7 +67,7 @@ class WorkerRecovery:
         engine = self._engine = database.make_engine(self._settings.database_url)
         os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
         # Workers honour the stored rollout only (see worker_services).
-        self._rollout = rollout_watcher(self._settings, engine, use_celery=True)
+        self._rollout = rollout_watcher(self._settings, engine, use_celery=True, seed=False)
         self._rollout.start()
         celery = celery_publisher(self._settings, self._app, self._registry)
         self._recovery = recovery(

@@ -45,8 +45,8 @@ class TaskRecord:
     run_after: Annotated[datetime | None, Stored(UTCDateTime)]
     """A QUEUED retry waits until then (its backoff)."""
     dispatched_at: Annotated[datetime | None, Stored(UTCDateTime)]
-    """When the task was last handed to its backend; None while a handover is pending (a
-    retry waiting for its backoff, or a Celery task waiting for the broker)."""
+    """When the task was last handed to its backend (or claimed); None while a handover is
+    pending (a retry waiting for its backoff, or a Celery task waiting for the broker)."""
     cancel_requested_at: Annotated[datetime | None, Stored(UTCDateTime)]
     """A caller asked a running task to stop; its next progress call or heartbeat stops it."""
     idempotency_key: Annotated[str | None, Stored(String(128))]

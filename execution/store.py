@@ -135,6 +135,7 @@ class TaskStore:
                 "lease_owner": owner,
                 "lease_expires_at": now + timedelta(seconds=lease_seconds),
                 "run_after": None,
+                "dispatched_at": now,  # taken: whatever handed it over, it arrived
             },
             stamp="processing_started_at",
             now=now,
@@ -387,6 +388,9 @@ class TaskStore:
             message=reason,
             values={"dispatched_at": now, "celery_task_id": celery_task_id},
             now=now,
+            # A first handover (a due retry) is no news, and threads write none for it; a
+            # publish of a task the broker may have lost is.
+            record_event=last_dispatched_at is not None,
         )
 
     def mark_undispatched(self, task_id: str, *, reason: str) -> TaskRecord | None:
@@ -531,6 +535,7 @@ class TaskStore:
         backend: str | None = None,
         dispatched_at: datetime | None = None,
         now: datetime | None = None,
+        record_event: bool = True,
     ) -> TaskRecord | None:
         # The UPDATE comes first so the transaction takes the write lock at once (SQLite) or
         # locks the row (PostgreSQL): concurrent transitions of one task queue up, and the
@@ -561,7 +566,8 @@ class TaskStore:
             if row is None:
                 return None
             record = TaskRecord.from_row(row._mapping)
-            self._append_event(conn, task_id, to_status, record.progress, message, now)
+            if record_event:
+                self._append_event(conn, task_id, to_status, record.progress, message, now)
         return record
 
     @staticmethod

@@ -48,8 +48,10 @@ class RolloutWatcher:
         seed_percentage: float,
         salt: str,
         interval: float,
+        seed: bool = True,
     ) -> None:
         self.store = store
+        self._seed = seed
         self._use_celery = use_celery
         self._seed_percentage = seed_percentage
         self._salt = salt
@@ -60,8 +62,12 @@ class RolloutWatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Seed the state if this is the first start anywhere, load it, and begin polling."""
-        self._adopt(self.store.seed(percentage=self._seed_percentage, salt=self._salt))
+        """Seed the state if this is the first start anywhere (unless told not to: workers
+        follow the state the API processes keep), load it, and begin polling."""
+        if self._seed:
+            self._adopt(self.store.seed(percentage=self._seed_percentage, salt=self._salt))
+        elif (stored := self.store.load()) is not None:
+            self._adopt(stored)
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._poll, name="switchyard-rollout-watch", daemon=True

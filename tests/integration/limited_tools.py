@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from execution.tools.registry import ToolContext, tool
+from execution.tools.registry import RetryPolicy, ToolContext, tool
 
 SOFT_LIMIT = 1
 
@@ -16,3 +16,12 @@ def over_time(ctx: ToolContext) -> dict[str, Any]:
     time.sleep(SOFT_LIMIT * 2.5)
     ctx.progress(50, "halfway")
     return {"ok": True}
+
+
+@tool("flaky-once", retry=RetryPolicy(max_retries=2, backoff=0, jitter=False))
+def flaky_once(ctx: ToolContext) -> dict[str, Any]:
+    """Fail the first attempt a third of the way in; the retry succeeds."""
+    if ctx.attempt == 1:
+        ctx.progress(30, "trying")
+        raise ConnectionError("upstream refused")
+    return {"attempt": ctx.attempt}

@@ -36,8 +36,13 @@ TIMESTAMPS = (
     "completed_at",
     "failed_at",
     "updated_at",
+    "lease_expires_at",
+    "run_after",
+    "dispatched_at",
+    "cancel_requested_at",
 )
 BACKEND_SPECIFIC = ("task_id", "backend", "celery_task_id", "rollout_bucket", "rollout_percentage")
+"""`lease_owner` is not here: a task that ended holds no lease on either backend."""
 WAIT_SECONDS = 60.0
 TOOLS = "execution.tools.builtin,tests.integration.limited_tools"
 
@@ -79,6 +84,8 @@ def pair(
         "switchyard_data_dir": data_dir,
         "rollout_salt": "parity",
         "switchyard_tools": TOOLS,
+        "recovery_sweep_seconds": 0.5,
+        "thread_sweep_seconds": 0.5,
     }
     thread = Runtime.build(Settings(_env_file=None, use_celery=False, **common))
     celery = Runtime.build(
@@ -91,6 +98,7 @@ def pair(
             "REDIS_URL": broker,
             "SWITCHYARD_DATA_DIR": str(data_dir),
             "SWITCHYARD_TOOLS": TOOLS,
+            "RECOVERY_SWEEP_SECONDS": "0.5",
         },
         broker_url=broker,
         hostname=f"parity-{request.param}@localhost",
@@ -254,3 +262,24 @@ def test_a_high_priority_task_overtakes_waiting_low_priority_ones(pair: Pair) ->
         started = sorted(records, key=lambda r: r.processing_started_at or r.created_at)
         orders[name] = [r.priority for r in started]
     assert orders["thread"] == orders["celery"] == [9, 0, 0, 0]
+
+
+def test_a_failure_retried_by_policy_writes_identical_rows(pair: Pair) -> None:
+    runs = run_on_both(pair, submitter("flaky-once", {}))
+    assert runs["thread"] == runs["celery"]
+    row = runs["thread"]["row"]
+    assert (row["status"], row["attempts"], row["result"], row["error_code"]) == (
+        TaskStatus.COMPLETED,
+        2,
+        {"attempt": 2},
+        None,
+    )
+    assert [(e[1], e[3]) for e in runs["thread"]["events"]] == [
+        (TaskStatus.CREATED, "created"),
+        (TaskStatus.QUEUED, "queued"),
+        (TaskStatus.PROCESSING, "started"),
+        (TaskStatus.PROCESSING, "trying"),
+        (TaskStatus.QUEUED, "retry 1 of 2 in 0.0s after ConnectionError: upstream refused"),
+        (TaskStatus.PROCESSING, "started"),
+        (TaskStatus.COMPLETED, "completed"),
+    ]
