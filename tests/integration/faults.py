@@ -389,6 +389,17 @@ class FaultRig:
         finally:
             client.close()
 
+    def redis_canary(self, *, plant: bool = False) -> bool:
+        """Whether Redis holds the canary key (planted first with `plant`): gone after a
+        restart means Redis forgot everything it held, queued messages included."""
+        client = redis.Redis(port=self.redis.port, socket_timeout=5)
+        try:
+            if plant:
+                client.set("fault-test-canary", "1")
+            return bool(client.exists("fault-test-canary"))
+        finally:
+            client.close()
+
     def set_rollout(self, api: ApiProcess, **change: Any) -> None:
         """PUT /rollout through `api`."""
         with api.new_client() as client:
