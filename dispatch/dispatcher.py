@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ class TaskRejected(BackendUnavailable):
 
 class IdempotencyConflict(ValueError):
     """The Idempotency-Key was used before for a different request."""
+
+
+def _as_json(*values: Any) -> str:
+    return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
 
 def routing_key(policy: RolloutPolicy, *, user_id: str, task_id: str) -> str:
@@ -150,7 +155,7 @@ class Dispatcher:
 
     def cancel(self, task_id: str, *, actor: str) -> TaskRecord | None:
         """Cancel a QUEUED task at once, or ask a running one to stop (it ends CANCELLED when
-        its attempt notices: at its next progress call or heartbeat). None if it has ended."""
+        its attempt notices, within a heartbeat). None if it has ended."""
         reason = f"cancelled by {actor}"
         cancelled = self.store.cancel(task_id, reason=reason)
         if cancelled is not None:
@@ -228,13 +233,16 @@ class Dispatcher:
         )
         if existing is None:
             return None
-        if (existing.tool_id, existing.payload, existing.priority) != (
-            request.tool_id,
-            payload,
-            priority,
+        # Compared as JSON: in Python True == 1 == 1.0, in a request they are different values.
+        if _as_json(existing.tool_id, existing.payload, existing.priority) != _as_json(
+            request.tool_id, payload, priority
         ):
             raise IdempotencyConflict(
                 f"Idempotency-Key {request.idempotency_key!r} was used for another request "
                 f"(task {existing.task_id}); use a new key for a new task"
             )
+        if existing.status is TaskStatus.CANCELLED and existing.error_code == "REJECTED":
+            # Its backend refused it (the client got a 503): sending the key again is the
+            # retry the 503 asked for, of the same task.
+            return self.retry(existing.task_id, actor=request.user_id) or existing
         return existing

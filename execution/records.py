@@ -48,7 +48,8 @@ class TaskRecord:
     """When the task was last handed to its backend (or claimed); None while a handover is
     pending (a retry waiting for its backoff, or a Celery task waiting for the broker)."""
     cancel_requested_at: Annotated[datetime | None, Stored(UTCDateTime)]
-    """A caller asked a running task to stop; its next progress call or heartbeat stops it."""
+    """A caller asked a running task to stop; its next heartbeat (or a progress report that
+    writes) stops it."""
     idempotency_key: Annotated[str | None, Stored(String(128))]
     """The caller's Idempotency-Key: the same key and request return this task again."""
     rollout_bucket: Annotated[int | None, Stored(Integer)]

@@ -62,7 +62,7 @@ def cancel(
     url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Cancel a task: a waiting one at once, a running one at its next progress or heartbeat."""
+    """Cancel a task: a waiting one at once, a running one within TASK_HEARTBEAT_SECONDS."""
     with api_client(url, api_key) as client:
         task = call_api(client, "POST", f"/tasks/{task_id}/cancel")
     if task["status"] == "PROCESSING":

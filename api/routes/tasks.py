@@ -143,8 +143,9 @@ def cancel_task(
     task_id: TaskId, request: Request, response: Response, runtime: RuntimeDep, caller: CallerDep
 ) -> TaskRecord:
     """Cancel a task: a waiting one at once (200, CANCELLED); a running one is asked to stop
-    (202, still PROCESSING with `cancel_requested_at`) and ends CANCELLED when its tool's next
-    progress call or heartbeat notices. An ended task is left alone (409)."""
+    (202, still PROCESSING with `cancel_requested_at`) and ends CANCELLED within
+    TASK_HEARTBEAT_SECONDS (sooner when it reports progress). An ended task is left alone
+    (409)."""
     _visible_task(task_id, request, runtime, caller)
     record = runtime.dispatcher.cancel(task_id, actor=caller.user_id)
     if record is None:

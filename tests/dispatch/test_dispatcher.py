@@ -261,3 +261,25 @@ def test_with_the_broker_down_reject_is_today_s_503_and_a_cancelled_row(
     record = store.get(refused.value.task_id)
     assert record is not None
     assert (record.status, record.error_code) == (TaskStatus.CANCELLED, "REJECTED")
+
+
+def test_sending_the_key_of_a_refused_task_again_dispatches_that_task_again(
+    store: TaskStore, registry: ToolRegistry
+) -> None:
+    dispatcher, _ = _broker_down(store, registry, BrokerDown.REJECT)
+    request = NewTask(tool_id="noop", payload={}, user_id="u", idempotency_key="k-1")
+    with pytest.raises(TaskRejected) as refused:
+        dispatcher.submit(request)
+    celery = dispatcher.backends["celery"]
+    assert isinstance(celery, RecordingBackend)
+    celery.unavailable = None
+
+    record, replayed = dispatcher.submit_once(request)
+
+    assert replayed
+    assert (record.task_id, record.status, record.backend) == (
+        refused.value.task_id,
+        TaskStatus.QUEUED,
+        "celery",
+    )
+    assert [t.task_id for t in celery.submitted] == [record.task_id]
