@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+import structlog
+from celery import Celery, bootsteps
+from kombu.exceptions import KombuError, OperationalError
+from redis.exceptions import RedisError
 
 from backends.settings import CelerySettings
+from execution.redaction import redact_text, redact_url
 from execution.settings import SettingsError
 from execution.tools.registry import ToolRegistry
 
@@ -12,6 +18,21 @@ RUN_TASK = "switchyard.run_task"
 """The one Celery task: it takes a task_id and runs the TaskExecutor."""
 
 PRIORITY_LEVELS = 10
+
+log = structlog.get_logger(__name__)
+
+# A broker that stops answering (frozen, or a network black hole: the kernel still accepts the
+# connection, nothing ever replies) must cost a caller seconds, never as long as the outage.
+BROKER_CONNECT_TIMEOUT = 2.0
+"""Seconds to open a TCP connection to Redis; a healthy one on a LAN takes milliseconds."""
+
+BROKER_SOCKET_TIMEOUT = 2.0
+"""Seconds any one Redis command may wait for its reply. Safe for workers: kombu sends BRPOP
+with a 1 s server-side timeout and reads the reply only once the socket is readable, so an
+idle consumer never waits on this; above 1 s so even a synchronous BRPOP read would fit."""
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, KombuError, RedisError, OSError)
+"""What a broker call raises when Redis is down, hung or refusing."""
 
 
 def redis_priority(priority: int) -> int:
@@ -62,8 +83,14 @@ def make_celery_app(settings: CelerySettings, registry: ToolRegistry) -> Celery:
             "visibility_timeout": settings.celery_visibility_timeout,
             # Ten priority sub-queues per queue; 0 is served first (see redis_priority).
             "priority_steps": list(range(PRIORITY_LEVELS)),
-            "socket_connect_timeout": 3,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+            # A timed-out write may have reached Redis: retrying it could push the message
+            # twice, and would double the wait. The publisher decides about retries itself.
+            "retry_on_timeout": False,
         },
+        # kombu's bound on (re)connecting, total over its retries (Celery's default is 4 s).
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT,
         # JSON only: a pickle payload from anyone who can write to Redis is code execution.
         task_serializer="json",
         result_serializer="json",
@@ -80,4 +107,60 @@ def make_celery_app(settings: CelerySettings, registry: ToolRegistry) -> Celery:
         # Our logging config (structlog) stays in charge inside workers.
         worker_hijack_root_logger=False,
     )
+    app.steps["worker"].add(PersistenceCheck)
     return app
+
+
+def redis_persists(client: Any) -> bool | None:
+    """Whether Redis keeps its data across a restart (AOF or RDB snapshots); None if it will
+    not say (CONFIG is often disabled on managed Redis)."""
+    try:
+        appendonly = client.config_get("appendonly").get("appendonly")
+        save = client.config_get("save").get("save")
+    except BROKER_ERRORS:
+        return None
+    if appendonly is None or save is None:
+        return None
+    return _text(appendonly) != "no" or bool(_text(save).strip())
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def warn_if_no_persistence(app: Celery, *, process: str) -> None:
+    """Log one WARNING if the broker forgets queued messages on a restart; at startup, once.
+
+    Never raises: a broker that is down or hung now is reported by health checks, not here.
+    """
+    broker = redact_url(str(app.conf.broker_url))
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0)
+            channel: Any = conn.default_channel  # kombu's Redis channel holds a redis-py client
+            persists = redis_persists(channel.client)
+    except BROKER_ERRORS as exc:
+        log.debug("broker.persistence_unknown", broker=broker, error=redact_text(str(exc)))
+        return
+    if persists is None:
+        log.debug("broker.persistence_unknown", broker=broker, error="CONFIG GET refused")
+    elif not persists:
+        log.warning(
+            "broker.no_persistence",
+            broker=broker,
+            process=process,
+            detail=(
+                "Redis has no persistence (appendonly no, save ''): the messages of tasks "
+                "waiting in Redis are lost on a Redis restart, and those tasks wait until the "
+                "recovery sweep publishes them again (CELERY_REPUBLISH_SECONDS); see README "
+                "'Delivery guarantee'"
+            ),
+        )
+
+
+class PersistenceCheck(bootsteps.StartStopStep):
+    """Runs `warn_if_no_persistence` when a worker starts (the API runs it in its backend)."""
+
+    def start(self, parent: Any) -> None:
+        """Check once; the worker keeps starting whatever the answer."""
+        warn_if_no_persistence(parent.app, process="worker")

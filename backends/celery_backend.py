@@ -1,18 +1,33 @@
-"""Celery backend: publishes the task_id to Redis for a worker process to run."""
+"""Celery backend: publishes the task_id to Redis for a worker process to run.
+
+A hung broker must not hang the API: every broker call is bounded by the socket timeouts set in
+`make_celery_app`, a publish that times out is not retried, and after a failed publish a circuit
+breaker refuses further publishes at once for a short cool-down, so request threads are not used
+up waiting on Redis and reads and /health keep answering.
+"""
 
 from __future__ import annotations
 
+import math
+import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from celery import Celery
-from kombu.exceptions import KombuError, OperationalError
-from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backends.base import BackendHealth, BackendUnavailable, TaskBackend
-from backends.celery_app import RUN_TASK, redis_priority
+from backends.celery_app import (
+    BROKER_ERRORS,
+    BROKER_SOCKET_TIMEOUT,
+    RUN_TASK,
+    redis_priority,
+    warn_if_no_persistence,
+)
 from execution.records import TaskRecord
 from execution.redaction import redact_text, redact_url
 from execution.tools.registry import ToolRegistry
@@ -20,6 +35,80 @@ from execution.tools.registry import ToolRegistry
 log = structlog.get_logger(__name__)
 
 HEALTH_CACHE_SECONDS = 2.0
+"""How long one probe's answer serves every /health request."""
+
+PROBE_WAIT_SECONDS = 1.0
+"""How long a /health request waits for the probe in flight before answering "not ok": a broker
+that has not answered a PING in this long is not one to send work to."""
+
+PUBLISH_BUDGET_SECONDS = 3.0
+"""A publish retries (a refused or reset connection) only while one more attempt, bounded by
+the socket timeout, would still end within this many seconds of its start."""
+
+PUBLISH_SLOT_WAIT_SECONDS = 1.0
+"""How long a publish waits for one of the `broker_pool_limit` pooled connections. kombu itself
+waits for one without a bound, so while every connection is stuck on a hung broker, the next
+publishes would queue behind them and each then wait its own socket timeout."""
+
+BREAKER_COOLDOWN_SECONDS = 3.0
+"""After a failed publish (or probe), publishes are refused at once for this long; then one trial
+publish goes through, and its outcome closes or reopens the breaker."""
+
+TIMEOUTS: tuple[type[BaseException], ...] = (RedisTimeoutError, socket.timeout, TimeoutError)
+
+
+class PublishAborted(Exception):
+    """kombu's retry loop was stopped: the broker timed out, or the budget is spent."""
+
+
+PUBLISH_ERRORS: tuple[type[BaseException], ...] = (PublishAborted, *BROKER_ERRORS)
+
+
+class CircuitBreaker:
+    """Closed: every call goes through. Open: calls are refused until the cool-down ends; then
+    one trial call goes through (half-open) while the others are still refused."""
+
+    def __init__(self, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_until: float | None = None
+        self._trial = False
+
+    def admit(self) -> tuple[bool, float]:
+        """(is this call the half-open trial, seconds to wait); a positive wait means refused."""
+        with self._lock:
+            if self._open_until is None:
+                return False, 0.0
+            remaining = self._open_until - self._clock()
+            if remaining > 0:
+                return False, remaining
+            if self._trial:  # the trial is still out: wait for its verdict
+                return False, self._cooldown
+            self._trial = True
+            return True, 0.0
+
+    def succeeded(self) -> bool:
+        """The broker took a call: close. True if this closed an open breaker."""
+        with self._lock:
+            was_open = self._open_until is not None
+            self._open_until = None
+            self._trial = False
+            return was_open
+
+    def failed(self) -> bool:
+        """The broker failed a call: open (again) for a full cool-down. True if it was closed."""
+        with self._lock:
+            was_closed = self._open_until is None
+            self._open_until = self._clock() + self._cooldown
+            self._trial = False
+            return was_closed
+
+    def abandoned(self, trial: bool) -> None:
+        """The call failed for a reason of its own, which says nothing about the broker."""
+        if trial:
+            with self._lock:
+                self._trial = False
 
 
 class CeleryBackend(TaskBackend):
@@ -27,22 +116,57 @@ class CeleryBackend(TaskBackend):
 
     name = "celery"
 
-    def __init__(self, *, app: Celery, registry: ToolRegistry, publish_retries: int) -> None:
+    def __init__(
+        self,
+        *,
+        app: Celery,
+        registry: ToolRegistry,
+        publish_retries: int,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self._app = app
         self._registry = registry
-        self._retry_policy = {
-            "max_retries": publish_retries,
-            "interval_start": 0,
-            "interval_step": 0.2,
-            "interval_max": 0.5,
-        }
+        self._publish_retries = publish_retries
+        self._breaker = breaker or CircuitBreaker(BREAKER_COOLDOWN_SECONDS)
+        pool_limit = app.conf.broker_pool_limit  # None or 0: kombu does not limit the pool
+        self._slots = threading.BoundedSemaphore(pool_limit) if pool_limit else None
         self._health: tuple[float, BackendHealth] | None = None
-        self._health_lock = threading.Lock()
+        self._probing: tuple[float, threading.Event] | None = None
+        self._health_lock = threading.Lock()  # guards the two fields above; never held on I/O
 
     def external_id(self, task_id: str) -> str | None:
         return str(uuid.uuid4())
 
+    def start(self) -> None:
+        """Say at startup if Redis would lose queued tasks on a restart."""
+        warn_if_no_persistence(self._app, process="api")
+
     def enqueue(self, task: TaskRecord) -> None:
+        if self._slots is None:
+            self._publish(task)
+            return
+        if not self._slots.acquire(timeout=PUBLISH_SLOT_WAIT_SECONDS):
+            reason = (
+                f"celery broker at {self._broker()} is not taking messages: every pooled "
+                f"connection has been busy for {PUBLISH_SLOT_WAIT_SECONDS:g} s"
+            )
+            self._failed(reason)
+            raise BackendUnavailable(reason, retry_after=math.ceil(BREAKER_COOLDOWN_SECONDS))
+        try:
+            self._publish(task)
+        finally:
+            self._slots.release()
+
+    def _publish(self, task: TaskRecord) -> None:
+        # Asked only now, holding a slot: a publish that waited for one while the others
+        # timed out finds the breaker open and does not wait a socket timeout of its own.
+        trial, wait = self._breaker.admit()
+        if wait > 0:
+            raise BackendUnavailable(
+                f"celery broker unreachable at {self._broker()}: it failed moments ago; "
+                f"publishing resumes in {wait:.1f} s",
+                retry_after=max(1, math.ceil(wait)),
+            )
         spec = self._registry[task.tool_id]
         try:
             self._app.send_task(
@@ -55,28 +179,94 @@ class CeleryBackend(TaskBackend):
                 soft_time_limit=spec.soft_time_limit,
                 headers={"switchyard_tool_id": task.tool_id},
                 retry=True,
-                retry_policy=self._retry_policy,
+                retry_policy=self._retry_policy(),
             )
-        except (OperationalError, KombuError, RedisError, OSError) as exc:
+        except PUBLISH_ERRORS as exc:
             reason = f"celery broker unreachable at {self._broker()}: {redact_text(str(exc))}"
-            raise BackendUnavailable(reason, retry_after=5) from exc
+            self._failed(reason)
+            raise BackendUnavailable(
+                reason, retry_after=math.ceil(BREAKER_COOLDOWN_SECONDS)
+            ) from exc
+        except BaseException:
+            self._breaker.abandoned(trial)
+            raise
+        if self._breaker.succeeded():
+            log.info("celery.publishing_resumed", broker=self._broker())
+
+    def _failed(self, reason: str) -> None:
+        """Open the breaker; say so once per outage, not once per refused task."""
+        if self._breaker.failed():
+            log.warning(
+                "celery.publishing_paused",
+                reason=reason,
+                cooldown_seconds=BREAKER_COOLDOWN_SECONDS,
+            )
 
     def health(self) -> BackendHealth:
+        """The last probe's answer while fresh; else wait briefly for the one probe in flight
+        (started here if none is), so requests never queue behind a hung broker."""
         with self._health_lock:
             if self._health and time.monotonic() - self._health[0] < HEALTH_CACHE_SECONDS:
                 return self._health[1]
-            report = self._probe()
-            self._health = (time.monotonic(), report)
-            return report
+            if self._probing is None:
+                self._probing = (time.monotonic(), threading.Event())
+                threading.Thread(
+                    target=self._run_probe,
+                    args=(self._probing[1],),
+                    name="celery-health-probe",
+                    daemon=True,
+                ).start()
+            started, done = self._probing
+        done.wait(max(0.0, PROBE_WAIT_SECONDS - (time.monotonic() - started)))
+        with self._health_lock:
+            if self._health and self._health[0] >= started:
+                return self._health[1]
+        return BackendHealth(
+            ok=False,
+            detail={
+                "broker": self._broker(),
+                "error": f"no answer within {PROBE_WAIT_SECONDS:g} s",
+            },
+        )
 
     def shutdown(self, timeout: float) -> None:
         self._app.close()
 
+    def _retry_policy(self) -> dict[str, Any]:
+        """kombu's retry policy for one publish: refused or reset connections are retried
+        within the budget (a Redis restart leaves stale pooled connections); a timeout is not,
+        since a broker that did not answer in BROKER_SOCKET_TIMEOUT will not answer a retry."""
+        deadline = time.monotonic() + PUBLISH_BUDGET_SECONDS
+
+        def give_up_on_timeout(exc: BaseException, interval: float) -> None:
+            if isinstance(exc, TIMEOUTS):
+                raise PublishAborted(f"no answer in {BROKER_SOCKET_TIMEOUT:g} s: {exc}") from exc
+            if time.monotonic() + interval + BROKER_SOCKET_TIMEOUT > deadline:
+                raise PublishAborted(f"gave up after {PUBLISH_BUDGET_SECONDS:g} s: {exc}") from exc
+
+        return {
+            "max_retries": self._publish_retries,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+            "errback": give_up_on_timeout,
+        }
+
+    def _run_probe(self, done: threading.Event) -> None:
+        report = self._probe()
+        with self._health_lock:
+            self._health = (time.monotonic(), report)
+            self._probing = None
+        done.set()
+        if not report.ok:  # spare the next publishes the wait this probe just had
+            self._failed(f"health probe failed: {report.detail.get('error')}")
+
     def _probe(self) -> BackendHealth:
         try:
             with self._app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
-        except (OperationalError, KombuError, RedisError, OSError) as exc:
+                # No retry: one connect and PING, each bounded by the broker timeouts.
+                conn.ensure_connection(max_retries=0)
+        except Exception as exc:  # a probe reports every failure; it runs on its own thread
             return BackendHealth(
                 ok=False, detail={"broker": self._broker(), "error": redact_text(str(exc))}
             )
