@@ -9,7 +9,7 @@ from celery import Celery, bootsteps
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
 
-from backends.settings import CelerySettings
+from backends.settings import CELERY_KILL_GRACE_SECONDS, CelerySettings
 from execution.redaction import redact_text, redact_url
 from execution.settings import SettingsError
 from execution.tools.registry import ToolRegistry
@@ -45,12 +45,17 @@ def queues_of(registry: ToolRegistry) -> list[str]:
     return sorted({spec.queue for spec in registry.values()})
 
 
+def celery_kill_after(time_limit: int) -> int:
+    """Celery's own hard limit for a task whose executor limit is `time_limit`."""
+    return time_limit + CELERY_KILL_GRACE_SECONDS
+
+
 def check_time_limits(settings: CelerySettings, registry: ToolRegistry) -> None:
     """Refuse a time limit Redis would cut short by redelivering a still-running task."""
     for spec in registry.values():
         for limit in (spec.time_limit, spec.soft_time_limit):
             visibility = settings.celery_visibility_timeout
-            if limit is not None and limit >= visibility:
+            if limit is not None and celery_kill_after(limit) >= visibility:
                 raise SettingsError(
                     f"invalid setting: CELERY_VISIBILITY_TIMEOUT ({visibility}) must exceed "
                     f"tool {spec.tool_id!r}'s time limit ({limit})"
@@ -99,7 +104,7 @@ def make_celery_app(settings: CelerySettings, registry: ToolRegistry) -> Celery:
         # Task events so Flower (and `celery events`) can show workers and tasks.
         worker_send_task_events=True,
         task_send_sent_event=True,
-        task_time_limit=settings.celery_task_time_limit,
+        task_time_limit=celery_kill_after(settings.celery_task_time_limit),
         task_soft_time_limit=settings.celery_task_soft_time_limit,
         task_default_queue="default",
         task_default_priority=redis_priority(0),

@@ -25,6 +25,7 @@ from backends.celery_app import (
     BROKER_ERRORS,
     BROKER_SOCKET_TIMEOUT,
     RUN_TASK,
+    celery_kill_after,
     redis_priority,
     warn_if_no_persistence,
 )
@@ -175,7 +176,7 @@ class CeleryBackend(TaskBackend):
                 task_id=task.celery_task_id,
                 queue=spec.queue,
                 priority=redis_priority(task.priority),
-                time_limit=spec.time_limit,
+                time_limit=celery_kill_after(spec.time_limit) if spec.time_limit else None,
                 soft_time_limit=spec.soft_time_limit,
                 headers={"switchyard_tool_id": task.tool_id},
                 retry=True,
@@ -192,6 +193,19 @@ class CeleryBackend(TaskBackend):
             raise
         if self._breaker.succeeded():
             log.info("celery.publishing_resumed", broker=self._broker())
+
+    def interrupt(self, task: TaskRecord) -> None:
+        """Raise SoftTimeLimitExceeded inside the running tool (Celery's revoke with SIGUSR1):
+        the executor finds the cancel request and ends the task CANCELLED at once. Best effort:
+        the attempt's heartbeat stops it anyway."""
+        if task.celery_task_id is None:
+            return
+        try:
+            self._app.control.revoke(task.celery_task_id, terminate=True, signal="SIGUSR1")
+        except PUBLISH_ERRORS as exc:
+            log.warning(
+                "celery.interrupt_failed", task_id=task.task_id, error=redact_text(str(exc))
+            )
 
     def _failed(self, reason: str) -> None:
         """Open the breaker; say so once per outage, not once per refused task."""

@@ -18,6 +18,12 @@ class ThreadPoolSettings(SettingsGroup):
     shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
 
 
+CELERY_KILL_GRACE_SECONDS = 5
+"""Celery kills a task's process this long after its hard limit. The executor ends the attempt
+at the limit itself (TIME_LIMIT_EXCEEDED, or a retry), exactly as on threads; Celery's kill is
+the backstop for a tool that holds its process, and it must not win the race."""
+
+
 class CelerySettings(SettingsGroup):
     """The broker, the workers and the time limits publisher and workers must agree on."""
 
@@ -36,11 +42,14 @@ class CelerySettings(SettingsGroup):
                 f"CELERY_TASK_SOFT_TIME_LIMIT ({self.celery_task_soft_time_limit}) must not "
                 f"exceed CELERY_TASK_TIME_LIMIT ({self.celery_task_time_limit})"
             )
-        if self.celery_visibility_timeout <= self.celery_task_time_limit:
+        if (
+            self.celery_visibility_timeout
+            <= self.celery_task_time_limit + CELERY_KILL_GRACE_SECONDS
+        ):
             raise ValueError(
                 f"CELERY_VISIBILITY_TIMEOUT ({self.celery_visibility_timeout}) must exceed "
-                f"CELERY_TASK_TIME_LIMIT ({self.celery_task_time_limit}), or Redis redelivers "
-                "tasks that are still running"
+                f"CELERY_TASK_TIME_LIMIT ({self.celery_task_time_limit}) by more than "
+                f"{CELERY_KILL_GRACE_SECONDS} s, or Redis redelivers tasks that are still running"
             )
         return self
 

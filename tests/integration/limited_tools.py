@@ -25,3 +25,19 @@ def flaky_once(ctx: ToolContext) -> dict[str, Any]:
         ctx.progress(30, "trying")
         raise ConnectionError("upstream refused")
     return {"attempt": ctx.attempt}
+
+
+@tool("overrun", time_limit=2)
+def overrun(ctx: ToolContext) -> dict[str, Any]:
+    """Keep working, without a word, past the two-second hard limit."""
+    time.sleep(4)
+    return {"late": True}
+
+
+@tool("sits")
+def sits(ctx: ToolContext) -> dict[str, Any]:
+    """Say nothing and wait to be told to stop (20 s at most)."""
+    deadline = time.monotonic() + 20
+    while not ctx.stop_requested.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"stopped": ctx.stop_requested.is_set()}

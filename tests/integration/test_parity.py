@@ -85,6 +85,7 @@ def pair(
         "rollout_salt": "parity",
         "switchyard_tools": TOOLS,
         "recovery_sweep_seconds": 0.5,
+        "task_heartbeat_seconds": 0.5,
         "thread_sweep_seconds": 0.5,
     }
     thread = Runtime.build(Settings(_env_file=None, use_celery=False, **common))
@@ -99,6 +100,7 @@ def pair(
             "SWITCHYARD_DATA_DIR": str(data_dir),
             "SWITCHYARD_TOOLS": TOOLS,
             "RECOVERY_SWEEP_SECONDS": "0.5",
+            "TASK_HEARTBEAT_SECONDS": "0.5",
         },
         broker_url=broker,
         hostname=f"parity-{request.param}@localhost",
@@ -282,4 +284,32 @@ def test_a_failure_retried_by_policy_writes_identical_rows(pair: Pair) -> None:
         (TaskStatus.QUEUED, "retry 1 of 2 in 0.0s after ConnectionError: upstream refused"),
         (TaskStatus.PROCESSING, "started"),
         (TaskStatus.COMPLETED, "completed"),
+    ]
+
+
+def test_a_tool_past_its_hard_limit_writes_identical_failed_rows(pair: Pair) -> None:
+    runs = run_on_both(pair, submitter("overrun", {}))
+    assert runs["thread"] == runs["celery"]
+    row = runs["thread"]["row"]
+    assert (row["status"], row["error_code"], row["error_message"]) == (
+        TaskStatus.FAILED,
+        "TIME_LIMIT_EXCEEDED",
+        "hard time limit 2s exceeded",
+    )
+
+
+def test_cancelling_a_running_task_writes_identical_cancelled_rows(pair: Pair) -> None:
+    def start_then_cancel(runtime: Runtime) -> str:
+        task_id = submitter("sits", {})(runtime)
+        wait_status(runtime, task_id, TaskStatus.PROCESSING)
+        assert runtime.dispatcher.cancel(task_id, actor="parity") is not None
+        return task_id
+
+    runs = run_on_both(pair, start_then_cancel)
+    assert runs["thread"] == runs["celery"]
+    assert runs["thread"]["row"]["status"] == TaskStatus.CANCELLED
+    assert [(e[1], e[3]) for e in runs["thread"]["events"]][-3:] == [
+        (TaskStatus.PROCESSING, "started"),
+        (TaskStatus.PROCESSING, "cancel requested by parity"),
+        (TaskStatus.CANCELLED, "cancelled while running"),
     ]
