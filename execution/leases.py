@@ -62,6 +62,8 @@ class LeaseKeeper(ExecutorHook):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._wake_at = 0.0
+        """When the keeper thread wakes next on its own (monotonic)."""
 
     def subscribe(self, listener: Abandoned) -> None:
         """Be told when an attempt running on some thread is abandoned."""
@@ -90,7 +92,15 @@ class LeaseKeeper(ExecutorHook):
                     target=self._keep, name="switchyard-leases", daemon=True
                 )
                 self._thread.start()
-            self._wake.notify()
+            # Woken only when this run needs it sooner than planned: on the hot path of short
+            # tasks, waking it per claim would cost more than the tasks.
+            first = min(
+                d
+                for d in (active.next_renewal, active.soft_deadline, active.hard_deadline)
+                if d is not None
+            )
+            if first < self._wake_at:
+                self._wake.notify()
 
     def on_progress(self, run: Run, percent: int, message: str | None) -> None:
         with self._lock:
@@ -133,7 +143,10 @@ class LeaseKeeper(ExecutorHook):
             with self._lock:
                 due = [a for a in self._active.values() if not a.ended and self._is_due(a)]
                 if not due:
-                    self._wake.wait(timeout=self._next_wait())
+                    wait = self._next_wait()
+                    self._wake_at = time.monotonic() + wait
+                    self._wake.wait(timeout=wait)
+                    self._wake_at = 0.0
                     continue
             for active in due:
                 try:
