@@ -82,6 +82,13 @@ def attempts_allowed(task: TaskRecord, tool: Tool, lost_retries: int) -> int:
     return task.attempts_before_retry + 1 + tool.retry.max_retries + lost_retries
 
 
+def _bound(task: TaskRecord) -> Any:
+    """The log with what every line about one attempt carries."""
+    return log.bind(
+        task_id=task.task_id, tool_id=task.tool_id, backend=task.backend, attempt=task.attempts
+    )
+
+
 def _storable(text: str) -> str:
     """PostgreSQL refuses NUL in text; a tool's message must not lose its failure for it."""
     return text.replace("\x00", "\\0")[:4000]
@@ -138,12 +145,7 @@ class TaskExecutor:
                 reason="missing" if current is None else "not claimable",
             )
             return RunOutcome.NOT_CLAIMED
-        bound = log.bind(
-            task_id=task_id,
-            tool_id=record.tool_id,
-            backend=record.backend,
-            attempt=record.attempts,
-        )
+        bound = _bound(record)
         # DEBUG: the claim is in task_events already, and on the hot path an INFO line costs
         # about as much as a status write; the task's INFO line is the one saying how it ended.
         bound.debug("task.claimed")
@@ -282,24 +284,13 @@ class TaskExecutor:
     # -- called by the lease keeper, from its thread ------------------------------------------
 
     def _time_out(self, run: Run) -> None:
-        bound = log.bind(
-            task_id=run.task.task_id,
-            tool_id=run.task.tool_id,
-            backend=run.task.backend,
-            attempt=run.attempt,
-        )
+        bound = _bound(run.task)
         limit = f"{run.time_limit:g}s" if run.time_limit else ""
         failure = Failure(TIME_LIMIT_EXCEEDED, f"hard time limit {limit} exceeded")
         self._end_failed(run, failure, bound, retryable=True)
 
     def _cancelled(self, run: Run) -> None:
-        bound = log.bind(
-            task_id=run.task.task_id,
-            tool_id=run.task.tool_id,
-            backend=run.task.backend,
-            attempt=run.attempt,
-        )
-        self._cancel(run, bound)
+        self._cancel(run, _bound(run.task))
 
 
 class _ProgressWriter:
