@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from backends.base import BackendFull, BackendUnavailable, TaskBackend
-from dispatch.rollout.policy import RolloutPolicy, Stickiness, route
+from dispatch.rollout.policy import RolloutPolicy, RoutingDecision, Stickiness, route
 from dispatch.rollout.watch import RolloutSource
 from dispatch.settings import BrokerDown
 from execution.records import TaskRecord
@@ -51,9 +51,13 @@ def _as_json(*values: Any) -> str:
     return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
 
-def routing_key(policy: RolloutPolicy, *, user_id: str, task_id: str) -> str:
-    """What the task's bucket is computed from: its id, or its user's under user stickiness."""
-    return user_id if policy.stickiness is Stickiness.USER_ID else task_id
+def route_task(
+    policy: RolloutPolicy, *, user_id: str, task_id: str, tool_id: str
+) -> RoutingDecision:
+    """Where `policy` sends this task: its bucket is computed from its id, or from its user's
+    under user stickiness."""
+    key = user_id if policy.stickiness is Stickiness.USER_ID else task_id
+    return route(policy, key, tool_id)
 
 
 class Dispatcher:
@@ -91,9 +95,8 @@ class Dispatcher:
             if existing is not None:
                 return existing, True
         task_id = str(uuid.uuid4())
-        policy = self.rollout.current()
-        decision = route(
-            policy, routing_key(policy, user_id=request.user_id, task_id=task_id), spec.tool_id
+        decision = route_task(
+            self.rollout.current(), user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
         )
         backend = self._backend(decision.backend)
         backend.check_capacity()
@@ -137,9 +140,11 @@ class Dispatcher:
         current = self.store.get(task_id)
         if current is None or current.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             return None
-        policy = self.rollout.current()
-        decision = route(
-            policy, routing_key(policy, user_id=current.user_id, task_id=task_id), current.tool_id
+        decision = route_task(
+            self.rollout.current(),
+            user_id=current.user_id,
+            task_id=task_id,
+            tool_id=current.tool_id,
         )
         backend = self._backend(decision.backend)
         backend.check_capacity()

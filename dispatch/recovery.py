@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from backends.base import BackendUnavailable, TaskBackend
-from dispatch.dispatcher import routing_key
-from dispatch.rollout.policy import route
+from dispatch.dispatcher import route_task
 from dispatch.rollout.watch import RolloutSource
 from execution.executor import WORKER_LOST, attempts_allowed
 from execution.records import TaskRecord
@@ -143,9 +142,11 @@ class Recovery:
                     attempt=task.attempts,
                 )
             return TaskStatus.FAILED if ended else None
-        policy = self._rollout.current()
-        decision = route(
-            policy, routing_key(policy, user_id=task.user_id, task_id=task.task_id), task.tool_id
+        decision = route_task(
+            self._rollout.current(),
+            user_id=task.user_id,
+            task_id=task.task_id,
+            tool_id=task.tool_id,
         )
         backend = self._backends.get(decision.backend)
         requeued = self._store.requeue_lost(

@@ -39,6 +39,16 @@ class _Active:
     next_renewal: float
     ended: bool = False
 
+    def next_moment(self) -> float:
+        """When the keeper must look at this attempt next: its renewal, its hard limit, or its
+        soft limit while the tool has not been told yet."""
+        moments = [self.next_renewal]
+        if self.hard_deadline is not None:
+            moments.append(self.hard_deadline)
+        if self.soft_deadline is not None and not self.run.stop.is_set():
+            moments.append(self.soft_deadline)
+        return min(moments)
+
 
 class LeaseKeeper(ExecutorHook):
     """Renews leases and enforces limits and cancels for the attempts running in this process."""
@@ -94,12 +104,7 @@ class LeaseKeeper(ExecutorHook):
                 self._thread.start()
             # Woken only when this run needs it sooner than planned: on the hot path of short
             # tasks, waking it per claim would cost more than the tasks.
-            first = min(
-                d
-                for d in (active.next_renewal, active.soft_deadline, active.hard_deadline)
-                if d is not None
-            )
-            if first < self._wake_at:
+            if active.next_moment() < self._wake_at:
                 self._wake.notify()
 
     def on_progress(self, run: Run, percent: int, message: str | None) -> None:
@@ -141,7 +146,8 @@ class LeaseKeeper(ExecutorHook):
     def _keep(self) -> None:
         while True:
             with self._lock:
-                due = [a for a in self._active.values() if not a.ended and self._is_due(a)]
+                now = time.monotonic()
+                due = [a for a in self._active.values() if not a.ended and a.next_moment() <= now]
                 if not due:
                     wait = self._next_wait()
                     self._wake_at = time.monotonic() + wait
@@ -159,26 +165,8 @@ class LeaseKeeper(ExecutorHook):
 
     def _next_wait(self) -> float:
         now = time.monotonic()
-        moments = [now + self._heartbeat]
-        for active in self._active.values():
-            if not active.ended:
-                moments.append(active.next_renewal)
-                moments.extend(
-                    d for d in (active.soft_deadline, active.hard_deadline) if d is not None
-                )
-                if active.run.stop.is_set() and active.soft_deadline is not None:
-                    moments.remove(active.soft_deadline)
-        return max(0.01, min(moments) - now)
-
-    @staticmethod
-    def _is_due(active: _Active) -> bool:
-        now = time.monotonic()
-        soft = active.soft_deadline
-        return (
-            now >= active.next_renewal
-            or (active.hard_deadline is not None and now >= active.hard_deadline)
-            or (soft is not None and now >= soft and not active.run.stop.is_set())
-        )
+        moments = [a.next_moment() for a in self._active.values() if not a.ended]
+        return max(0.01, min([now + self._heartbeat, *moments]) - now)
 
     def _check(self, active: _Active) -> None:
         run, now = active.run, time.monotonic()
