@@ -1,8 +1,7 @@
-"""Who is calling and what they may do: a bearer key becomes a Caller, or 400/401/403/429."""
+"""Who is calling and what they may do: a bearer key becomes a Caller, or 400/401/403."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -91,7 +90,9 @@ def authenticate(
             "invalid API key: unknown, malformed or revoked",
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         )
-    return Caller.of(key)
+    caller = Caller.of(key)
+    request.state.caller = caller  # for the log line of a refusal made further in (a 429)
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
@@ -112,22 +113,3 @@ def require_operator(request: Request, caller: CallerDep) -> Caller:
 
 
 OperatorDep = Annotated[Caller, Depends(require_operator)]
-
-
-def limit_rollout_changes(request: Request, runtime: RuntimeDep, caller: OperatorDep) -> Caller:
-    """An operator within ROLLOUT_CHANGE_LIMIT changes per window; 429 with Retry-After else."""
-    wait = runtime.rollout_change_limiter.hit(caller.key_id)
-    if wait is not None:
-        log_denied(request, caller, status_code=429, reason="rollout change rate limit")
-        limiter = runtime.rollout_change_limiter
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"too many rollout changes with this key: at most {limiter.limit} "
-            f"per {limiter.window:g} s (ROLLOUT_CHANGE_LIMIT)",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
-    return caller
-
-
-RolloutChangerDep = Annotated[Caller, Depends(limit_rollout_changes)]
-"""What a rollout-changing route takes: an operator key, rate-limited; record its `user_id`."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.auth import log_denied
 from api.schemas import FieldErrorOut, ValidationErrorOut
 from backends.base import BackendUnavailable
 from dispatch.dispatcher import TaskRejected
 from dispatch.rollout.control import RolloutInvalid
-from dispatch.rollout.store import NothingToRestore, RolloutConflict
+from dispatch.rollout.store import NothingToRestore, RolloutConflict, RolloutRateLimited
 from execution.redaction import redact_text
 from execution.tools.registry import InvalidPayload, UnknownTool
 
@@ -45,6 +48,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def rollout_conflict(_: Request, exc: RolloutConflict) -> JSONResponse:
         return JSONResponse(
             status_code=409, content={"detail": str(exc)}, headers={"ETag": f'"{exc.current}"'}
+        )
+
+    @app.exception_handler(RolloutRateLimited)
+    async def rollout_rate_limited(request: Request, exc: RolloutRateLimited) -> JSONResponse:
+        caller = getattr(request.state, "caller", None)
+        log_denied(request, caller, status_code=429, reason="rollout change rate limit")
+        return JSONResponse(
+            status_code=429,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
         )
 
     @app.exception_handler(NothingToRestore)

@@ -12,14 +12,13 @@ import structlog
 from sqlalchemy import Engine
 
 from api.keys import KeyStore
-from api.ratelimit import SlidingWindowLimiter
 from api.settings import Settings
 from backends.base import TaskBackend
 from backends.registry import build_backend
 from dispatch.dispatcher import Dispatcher
 from dispatch.recovery import Recovery
 from dispatch.rollout.control import RolloutControl
-from dispatch.rollout.store import RolloutStore
+from dispatch.rollout.store import ChangeLimit, RolloutStore
 from dispatch.rollout.watch import RolloutSource, RolloutWatcher
 from execution import database
 from execution.executor import ExecutorLimits, TaskExecutor
@@ -105,7 +104,6 @@ class Runtime:
     recovery: Recovery
     rollout_control: RolloutControl
     keys: KeyStore
-    rollout_change_limiter: SlidingWindowLimiter
 
     @classmethod
     def build(
@@ -125,6 +123,13 @@ class Runtime:
             names = [BackendName.THREAD, *([BackendName.CELERY] if settings.use_celery else [])]
             backends = {name: build_backend(name, settings, executor) for name in names}
         rollout = rollout_watcher(settings, engine, use_celery=settings.use_celery)
+        dispatcher = Dispatcher(
+            store=store,
+            registry=registry,
+            backends=backends,
+            rollout=rollout,
+            broker_down=settings.celery_unavailable,
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -133,21 +138,21 @@ class Runtime:
             executor=executor,
             backends=backends,
             rollout=rollout,
-            dispatcher=Dispatcher(
-                store=store,
-                registry=registry,
-                backends=backends,
-                rollout=rollout,
-                broker_down=settings.celery_unavailable,
-            ),
+            dispatcher=dispatcher,
             recovery=recovery(
                 settings, store=store, registry=registry, backends=backends, rollout=rollout
             ),
-            rollout_control=RolloutControl(watcher=rollout, registry=registry, tasks=store),
-            keys=KeyStore(engine),
-            rollout_change_limiter=SlidingWindowLimiter(
-                limit=settings.rollout_change_limit, window=settings.rollout_change_window_seconds
+            rollout_control=RolloutControl(
+                watcher=rollout,
+                registry=registry,
+                tasks=store,
+                limit=ChangeLimit(
+                    changes=settings.rollout_change_limit,
+                    window_seconds=settings.rollout_change_window_seconds,
+                ),
+                reclaimer=dispatcher,
             ),
+            keys=KeyStore(engine),
         )
 
     def prepare_database(self) -> None:

@@ -81,6 +81,16 @@ class RestorePointOut(BaseModel):
     stickiness: Stickiness
 
 
+class EnvironmentOut(BaseModel):
+    """What this API process's start did with its environment's rollout values."""
+
+    percentage: float
+    outcome: str = Field(
+        description="seeded (first start), adopted (new values), unchanged (the values last "
+        "adopted: the stored state stays), stale (values replaced since: ignored)"
+    )
+
+
 class RolloutOut(BaseModel):
     """The rollout in force for new tasks in this process, and what it means."""
 
@@ -92,8 +102,23 @@ class RolloutOut(BaseModel):
     version: int
     updated_at: datetime | None
     updated_by: str | None
+    source: str | None = Field(
+        description="What made this version: seed or environment (a process's environment), "
+        "set, advance, rollback or restore (an operator)"
+    )
+    environment: EnvironmentOut | None = Field(
+        description="This process's CELERY_ROLLOUT_PERCENTAGE and what its start did with it"
+    )
     restore_point: RestorePointOut | None
     explanation: str
+
+
+class RollbackOut(RolloutOut):
+    """The rollout after a rollback, and the QUEUED Celery tasks moved to threads with it."""
+
+    reclaimed: int = Field(
+        description="Tasks still QUEUED on Celery that this request moved to the thread backend"
+    )
 
 
 Reason = Annotated[
@@ -115,9 +140,16 @@ class RolloutUpdate(Strict):
 
 
 class RolloutReason(Strict):
-    """POST /rollout/rollback and /rollout/restore."""
+    """POST /rollout/restore."""
 
     reason: Reason
+
+
+class RollbackIn(Strict):
+    """POST /rollout/rollback: everything, or one tool, back to threads."""
+
+    reason: Reason
+    tool_id: Annotated[StoredText | None, Field(min_length=1, max_length=128)] = None
 
 
 class RolloutEventOut(BaseModel):

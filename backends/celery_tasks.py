@@ -43,7 +43,7 @@ class WorkerServices:
             )
             log.info("task.handed_back", task_id=task_id, tool_id=tool_id, moved=bool(moved))
             return "handed_back"
-        return self.executor.run(task_id).value
+        return self.executor.run(task_id, recorded_for=BackendName.CELERY).value
 
 
 class PerProcess:

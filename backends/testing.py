@@ -15,7 +15,7 @@ class InlineBackend(TaskBackend):
         self._executor = executor
 
     def enqueue(self, task: TaskRecord) -> None:
-        self._executor.run(task.task_id)
+        self._executor.run(task.task_id, recorded_for=self.name)
 
 
 class RecordingBackend(TaskBackend):

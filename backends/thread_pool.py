@@ -172,7 +172,7 @@ class ThreadPoolBackend(TaskBackend):
                 self._waiting.discard(task_id)
                 self._running += 1
             try:
-                self._executor.run(task_id)
+                self._executor.run(task_id, recorded_for=self.name)
             except BaseException:
                 # The executor records tool errors; what reaches here is a store outage or a
                 # SystemExit from a tool. The pool keeps its size either way.

@@ -173,6 +173,29 @@ class Dispatcher:
             backend.interrupt(requested)
         return requested
 
+    def reclaim(self, *, tool_id: str | None, reason: str) -> int:
+        """Move the tasks still QUEUED on Celery (of one tool, or all) to threads and run them
+        here: a rollback must not wait for a worker to hand them back. A Celery message that
+        arrives later finds its task on threads and does nothing (the claim checks the backend).
+        """
+        threads = self.backends.get(BackendName.THREAD)
+        if threads is None:
+            return 0
+        moved = self.store.move_queued(
+            from_backend=BackendName.CELERY,
+            to_backend=BackendName.THREAD,
+            tool_id=tool_id,
+            reason=reason,
+        )
+        for record in moved:
+            try:
+                threads.submit(record)
+            except BackendUnavailable:
+                break  # the pool is full: its sweep takes the rest from the rows, in a moment
+        if moved:
+            log.info("rollout.reclaimed", tool_id=tool_id, moved=len(moved))
+        return len(moved)
+
     def _backend(self, name: str) -> TaskBackend:
         backend = self.backends.get(name)
         if backend is None:

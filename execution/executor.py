@@ -128,13 +128,17 @@ class TaskExecutor:
         # Per claim, not per executor: the process may have forked since it was built.
         return f"{_HOST}:{os.getpid()}"
 
-    def run(self, task_id: str) -> RunOutcome:
+    def run(self, task_id: str, *, recorded_for: str | None = None) -> RunOutcome:
         """Run the task once if it is QUEUED and due, or its last attempt was lost; a second
-        copy of the same task does nothing."""
+        copy of the same task does nothing. With `recorded_for`, only if the row still names
+        that backend: a copy delivered to a backend the task has since left does nothing."""
         for hook in self.hooks:
             hook.before_claim(task_id)
         record = self.store.claim(
-            task_id, owner=self._lease_owner(), lease_seconds=self.limits.lease_seconds
+            task_id,
+            owner=self._lease_owner(),
+            lease_seconds=self.limits.lease_seconds,
+            backend=recorded_for,
         )
         if record is None:
             current = self.store.get(task_id)

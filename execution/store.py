@@ -15,6 +15,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    update,
 )
 
 from execution.records import TASKS, TaskEvent, TaskRecord
@@ -119,14 +120,18 @@ class TaskStore:
             self._append_event(conn, task_id, TaskStatus.QUEUED, 0, "queued", now)
         return record
 
-    def claim(self, task_id: str, *, owner: str, lease_seconds: float) -> TaskRecord | None:
+    def claim(
+        self, task_id: str, *, owner: str, lease_seconds: float, backend: str | None = None
+    ) -> TaskRecord | None:
         """Start an attempt: take the task if it is QUEUED and due, or if its last attempt's
         lease expired (that process died); count the attempt and lease it to `owner`.
-        None if it is not claimable (another copy has it, it ended, or it does not exist)."""
+        With `backend`, only a task recorded for that backend. None if it is not claimable
+        (another copy has it, it ended, it moved to another backend, or it does not exist)."""
         now = utcnow()
         return self._transition(
             task_id,
-            Guard.CLAIMABLE,
+            Guard.CLAIMABLE if backend is None else Guard.CLAIMABLE_ON,
+            backend=backend,
             to_status=TaskStatus.PROCESSING,
             message="started",
             values={
@@ -366,6 +371,30 @@ class TaskStore:
             message=f"moved from {from_backend} to {to_backend}: {reason}",
             values={"backend": to_backend},
         )
+
+    def move_queued(
+        self, *, from_backend: str, to_backend: str, reason: str, tool_id: str | None = None
+    ) -> list[TaskRecord]:
+        """Re-route every QUEUED task of `from_backend` (of one tool, if given) in one
+        transaction, highest priority first; each move is an event. A rollback's reclaim."""
+        now = utcnow()
+        message = f"moved from {from_backend} to {to_backend}: {reason}"
+        query = (
+            update(TASKS)
+            .where(TASKS.c.status == TaskStatus.QUEUED, TASKS.c.backend == from_backend)
+            .values(backend=to_backend, message=message, updated_at=now)
+            .returning(*TASKS.c)
+        )
+        if tool_id is not None:
+            query = query.where(TASKS.c.tool_id == tool_id)
+        with self._write_turn, self.engine.begin() as conn:
+            moved = [TaskRecord.from_row(row._mapping) for row in conn.execute(query)]
+            for record in moved:
+                self._append_event(
+                    conn, record.task_id, TaskStatus.QUEUED, record.progress, message, now
+                )
+        moved.sort(key=lambda record: (-record.priority, record.created_at))
+        return moved
 
     def mark_dispatched(
         self,

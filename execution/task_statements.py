@@ -75,6 +75,9 @@ class Guard(Enum):
     whoever changes it first is the one to hand it over again."""
     CLAIMABLE = "claimable"
     """Waiting and due, or running with a lease that expired before `where_now`."""
+    CLAIMABLE_ON = "claimable_on"
+    """CLAIMABLE, and recorded for `where_backend`: a Celery message for a task moved back to
+    threads (or the reverse) finds nothing to run."""
     ATTEMPT = "attempt"
     """Running attempt number `where_attempt`: a stale attempt matches nothing (fencing)."""
     LOST = "lost"
@@ -113,6 +116,8 @@ def guard_clause(guard: Guard) -> ColumnElement[bool]:
                     TASKS.c.cancel_requested_at.is_(None),
                 ),
             )
+        case Guard.CLAIMABLE_ON:
+            return and_(guard_clause(Guard.CLAIMABLE), backend)
         case Guard.ATTEMPT:
             return and_(status == TaskStatus.PROCESSING, attempt)
         case Guard.LOST:

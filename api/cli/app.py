@@ -15,6 +15,7 @@ from api.cli.console import err, fail, out, print_table, settings_or_exit
 from api.cli.keys import keys_app
 from api.cli.rollout import rollout_app
 from api.settings import Settings
+from dispatch.rollout.store import EnvironmentApplied, EnvironmentOutcome
 from execution.database import SchemaNotCurrent
 from execution.logs import configure_logging
 from execution.redaction import redact_url
@@ -44,17 +45,24 @@ def serve(
 
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, json_output=settings.log_json)
-    for warning in settings.startup_warnings():
-        err.print(f"[bold yellow]WARNING:[/] {warning}", highlight=False, soft_wrap=True)
     try:
         runtime = Runtime.build(settings)
         runtime.prepare_database()
+        applied = runtime.rollout.apply_environment()
         first_key = ensure_operator_key(runtime.keys, settings.operator_key_file)
     except (ToolLoadError, SchemaNotCurrent, KeyFileError) as exc:
         fail(str(exc))
     except Exception as exc:  # a database that cannot be reached, say
         fail(f"cannot start: {type(exc).__name__}: {exc}")
-    err.print(startup_banner(settings, runtime.registry), highlight=False, soft_wrap=True)
+    if settings.use_celery and not applied.state.policy(use_celery=True).sends_any_to_celery:
+        err.print(
+            f"[bold yellow]WARNING:[/] USE_CELERY=true but the rollout in force (version "
+            f"{applied.state.version}) sends NO task to Celery: 0 % and no tool override; "
+            "`switchyard rollout set` moves traffic",
+            highlight=False,
+            soft_wrap=True,
+        )
+    err.print(startup_banner(settings, runtime.registry, applied), highlight=False, soft_wrap=True)
     if first_key is not None:
         err.print(
             "No API key existed, so an operator key was created. It is shown this once and kept "
@@ -117,14 +125,33 @@ def worker(
     )
 
 
-def startup_banner(settings: Settings, tools: Iterable[str]) -> str:
-    """One line saying what this process runs against, with every credential masked."""
+def startup_banner(
+    settings: Settings, tools: Iterable[str], applied: EnvironmentApplied | None = None
+) -> str:
+    """What this process runs against, with every credential masked, and the rollout in force
+    with where it came from (not merely what this process's environment says)."""
     broker = f" broker={redact_url(settings.broker_url)}" if settings.use_celery else ""
+    rollout = "" if applied is None else f" rollout={rollout_in_force(applied)}"
     return (
         f"switchyard: database={redact_url(settings.database_url)}{broker} "
-        f"use_celery={settings.use_celery} rollout={settings.celery_rollout_percentage:g}% "
+        f"use_celery={settings.use_celery}{rollout} "
         f"thread_workers={settings.background_workers} tools={','.join(tools)}"
     )
+
+
+def rollout_in_force(applied: EnvironmentApplied) -> str:
+    """`25% (version 7, set by carol; environment 5%: already applied)` and the like."""
+    state, env = applied.state, f"{applied.percentage:g}%"
+    made = f"version {state.version}, {state.source} by {state.updated_by}"
+    if state.rolled_back and state.restore_point is not None:
+        made += f"; rolled back, restore returns to {state.restore_point['percentage']:g}%"
+    said = {
+        EnvironmentOutcome.SEEDED: f"first start: CELERY_ROLLOUT_PERCENTAGE={env}",
+        EnvironmentOutcome.ADOPTED: f"CELERY_ROLLOUT_PERCENTAGE={env} adopted from this start",
+        EnvironmentOutcome.UNCHANGED: f"CELERY_ROLLOUT_PERCENTAGE={env} already applied",
+        EnvironmentOutcome.STALE: f"CELERY_ROLLOUT_PERCENTAGE={env} is an older value, ignored",
+    }[applied.outcome]
+    return f"{state.percentage:g}% ({made}; {said})"
 
 
 @db_app.command("upgrade")

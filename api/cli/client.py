@@ -57,5 +57,6 @@ def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text
-        fail(f"{response.status_code}: {detail}")
+        wait = response.headers.get("Retry-After")
+        fail(f"{response.status_code}: {detail}" + (f" (retry after {wait} s)" if wait else ""))
     return response.json()

@@ -83,11 +83,21 @@ def set_(
 
 @rollout_app.command("rollback")
 def rollback(
-    reason: ReasonOption, url: UrlOption = DEFAULT_API_URL, api_key: ApiKeyOption = None
+    reason: ReasonOption,
+    tool: Annotated[
+        str | None, typer.Option(help="Roll back this tool only (its override to 0 %).")
+    ] = None,
+    url: UrlOption = DEFAULT_API_URL,
+    api_key: ApiKeyOption = None,
 ) -> None:
-    """Every new task to threads at once; `restore` returns to the routing replaced."""
+    """Every new task (or one tool's) to threads at once, with the tasks still QUEUED on
+    Celery; never refused. `restore` returns to the routing before the first rollback."""
     with api_client(url, api_key) as client:
-        _print_rollout(call_api(client, "POST", "/rollout/rollback", json={"reason": reason}))
+        rolled = call_api(
+            client, "POST", "/rollout/rollback", json={"reason": reason, "tool_id": tool}
+        )
+    _print_rollout(rolled)
+    out.print(f"{rolled['reclaimed']} task(s) QUEUED on Celery moved to the thread backend")
 
 
 @rollout_app.command("restore")
@@ -181,7 +191,22 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
     table.add_row("tool overrides", ", ".join(f"{k}={v:g}%" for k, v in overrides.items()) or "-")
     table.add_row("stickiness", rollout["stickiness"])
     table.add_row("version", str(rollout["version"]))
-    table.add_row("changed by", f"{rollout['updated_by']} at {rollout['updated_at']}")
+    table.add_row(
+        "changed by",
+        f"{rollout['updated_by']} ({rollout['source']}) at {rollout['updated_at']}",
+    )
+    environment = rollout.get("environment")
+    if environment:
+        said = {
+            "seeded": "the first start: seeded the rollout",
+            "adopted": "new at this start: adopted",
+            "unchanged": "already applied: the stored rollout stays in force",
+            "stale": "an older value, replaced since: ignored",
+        }.get(environment["outcome"], environment["outcome"])
+        table.add_row(
+            "CELERY_ROLLOUT_PERCENTAGE (this API process)",
+            f"{environment['percentage']:g}%, {said}",
+        )
     if rollout["restore_point"]:
         table.add_row("restore point", _routing(rollout["restore_point"]))
     table.add_row("meaning", rollout["explanation"])

@@ -6,12 +6,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 
-from api.auth import UNAUTHORIZED, CallerDep, OperatorDep, RolloutChangerDep
+from api.auth import UNAUTHORIZED, CallerDep, OperatorDep
 from api.deps import RuntimeDep
 from api.runtime import Runtime
 from api.schemas import (
+    EnvironmentOut,
     ErrorOut,
     RestorePointOut,
+    RollbackIn,
+    RollbackOut,
     RolloutEventOut,
     RolloutOut,
     RolloutPreviewOut,
@@ -30,13 +33,21 @@ router = APIRouter(
 OPERATORS_ONLY: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut, "description": "Operators only"},
 }
-CHANGES: dict[int | str, dict[str, Any]] = {
+NEVER_REFUSED: dict[int | str, dict[str, Any]] = {
     400: {
         "model": ErrorOut,
         "description": "The body is not readable JSON, or more than one Authorization header",
     },
     **OPERATORS_ONLY,
-    429: {"model": ErrorOut, "description": "Too many rollout changes with this key"},
+}
+"""What rollback and restore may answer besides 200: never 409 for a version, never 429."""
+CHANGES: dict[int | str, dict[str, Any]] = {
+    **NEVER_REFUSED,
+    429: {
+        "model": ErrorOut,
+        "description": "This key made ROLLOUT_CHANGE_LIMIT accepted changes in the window; "
+        "Retry-After says when the next is allowed",
+    },
 }
 
 
@@ -45,6 +56,7 @@ def rollout_out(runtime: Runtime) -> RolloutOut:
     policy = runtime.rollout.current()
     state = runtime.rollout.state()
     restore = state.restore_point if state else None
+    applied = runtime.rollout.environment
     return RolloutOut(
         use_celery=policy.use_celery,
         percentage=policy.percentage,
@@ -54,6 +66,10 @@ def rollout_out(runtime: Runtime) -> RolloutOut:
         version=policy.version,
         updated_at=state.updated_at if state else None,
         updated_by=state.updated_by if state else None,
+        source=state.source if state else None,
+        environment=EnvironmentOut(percentage=applied.percentage, outcome=applied.outcome)
+        if applied
+        else None,
         restore_point=RestorePointOut.model_validate(dict(restore)) if restore else None,
         explanation=policy.describe(),
     )
@@ -68,6 +84,7 @@ def _with_etag(runtime: Runtime, response: Response) -> RolloutOut:
 @router.get("", response_model=RolloutOut)
 def get_rollout(runtime: RuntimeDep, response: Response, caller: CallerDep) -> RolloutOut:
     """The master switch, percentage, overrides and stickiness; ETag is the version."""
+    runtime.rollout.refresh()  # the latest, even if this process has not polled since
     return _with_etag(runtime, response)
 
 
@@ -84,7 +101,7 @@ def set_rollout(
     body: RolloutUpdate,
     runtime: RuntimeDep,
     response: Response,
-    caller: RolloutChangerDep,
+    caller: OperatorDep,
     if_match: Annotated[
         str | None,
         Header(max_length=32, description='The version read from GET /rollout (its ETag, "7")'),
@@ -106,26 +123,39 @@ def set_rollout(
         actor=caller.user_id,
         reason=body.reason,
         expected_version=version,
+        key_id=caller.key_id,
     )
     return _with_etag(runtime, response)
 
 
-@router.post("/rollback", response_model=RolloutOut, responses=CHANGES)
+@router.post(
+    "/rollback",
+    response_model=RollbackOut,
+    responses={
+        **NEVER_REFUSED,
+        422: {"model": ErrorOut, "description": "No reason, or an unknown tool_id"},
+    },
+)
 def rollback(
-    body: RolloutReason, runtime: RuntimeDep, response: Response, caller: RolloutChangerDep
-) -> RolloutOut:
-    """Every new task to threads at once; the previous routing is kept for `restore`."""
-    runtime.rollout_control.rollback(actor=caller.user_id, reason=body.reason)
-    return _with_etag(runtime, response)
+    body: RollbackIn, runtime: RuntimeDep, response: Response, caller: OperatorDep
+) -> RollbackOut:
+    """Every new task (or one tool's) to threads at once, with the tasks still QUEUED on
+    Celery; the previous routing is kept for `restore`. Never rate limited, no If-Match: the
+    same rollback twice leaves the same routing."""
+    outcome = runtime.rollout_control.rollback(
+        actor=caller.user_id, reason=body.reason, tool_id=body.tool_id
+    )
+    body_out = _with_etag(runtime, response)
+    return RollbackOut(**body_out.model_dump(), reclaimed=outcome.reclaimed)
 
 
 @router.post(
     "/restore",
     response_model=RolloutOut,
-    responses={**CHANGES, 409: {"model": ErrorOut, "description": "No rollback to restore"}},
+    responses={**NEVER_REFUSED, 409: {"model": ErrorOut, "description": "No rollback to restore"}},
 )
 def restore(
-    body: RolloutReason, runtime: RuntimeDep, response: Response, caller: RolloutChangerDep
+    body: RolloutReason, runtime: RuntimeDep, response: Response, caller: OperatorDep
 ) -> RolloutOut:
     """Return to the routing the last rollback replaced."""
     runtime.rollout_control.restore(actor=caller.user_id, reason=body.reason)

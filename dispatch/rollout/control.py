@@ -4,17 +4,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from dispatch.rollout.policy import BUCKETS, Stickiness, check_percentage, cutoff
 from dispatch.rollout.state import RolloutAction, RolloutEvent, RolloutState
-from dispatch.rollout.store import NothingToRestore, Transform
+from dispatch.rollout.store import (
+    ChangeLimit,
+    NothingToRestore,
+    RolloutRateLimited,
+    Transform,
+)
 from dispatch.rollout.watch import RolloutWatcher
 from execution.status import BackendName
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 
 MAX_REASON = 500
+
+__all__ = [
+    "Reclaimer",
+    "RollbackOutcome",
+    "RolloutChange",
+    "RolloutControl",
+    "RolloutInvalid",
+    "RolloutPreview",
+    "RolloutRateLimited",
+]
+
+
+class Reclaimer(Protocol):
+    """Moves tasks still QUEUED on Celery back to threads (the dispatcher does)."""
+
+    def reclaim(self, *, tool_id: str | None, reason: str) -> int: ...
 
 
 class RolloutInvalid(ValueError):
@@ -49,6 +70,14 @@ class RolloutPreview:
     """QUEUED Celery tasks that would be handed back to threads (their tool would get 0 %)."""
 
 
+@dataclass(frozen=True, slots=True)
+class RollbackOutcome:
+    """The rollout after a rollback, and how many QUEUED Celery tasks moved to threads."""
+
+    state: RolloutState
+    reclaimed: int
+
+
 class RolloutControl:
     """The one place rollout changes are made: API and CLI both come through here."""
 
@@ -58,16 +87,29 @@ class RolloutControl:
         watcher: RolloutWatcher,
         registry: ToolRegistry,
         tasks: TaskStore,
+        limit: ChangeLimit | None = None,
+        reclaimer: Reclaimer | None = None,
     ) -> None:
         self._store = watcher.store  # the watcher adopts at once what is written here
         self._watcher = watcher
         self._registry = registry
         self._tasks = tasks
+        self._limit = limit
+        self._reclaimer = reclaimer
 
     def set(
-        self, change: RolloutChange, *, actor: str, reason: str, expected_version: int | None
+        self,
+        change: RolloutChange,
+        *,
+        actor: str,
+        reason: str,
+        expected_version: int | None,
+        key_id: str | None = None,
+        action: RolloutAction = RolloutAction.SET,
     ) -> RolloutState:
-        """Apply a change made against `expected_version`; RolloutConflict if it moved."""
+        """Apply a change made against `expected_version`; RolloutConflict if it moved, and
+        RolloutRateLimited if `key_id` made its allowance of changes (the refusal counts for
+        nothing)."""
         reason = _reason(reason)
         if change.percentage is not None:
             _percentage("percentage", change.percentage)
@@ -91,19 +133,35 @@ class RolloutControl:
             )
             return target, None  # a deliberate setting replaces any pending restore point
 
-        return self._apply(apply, RolloutAction.SET, actor, reason, expected_version)
+        return self._apply(apply, action, actor, reason, expected_version, key_id=key_id)
 
-    def rollback(self, *, actor: str, reason: str) -> RolloutState:
-        """Everything to threads at once; remember where it was for `restore`."""
+    def rollback(self, *, actor: str, reason: str, tool_id: str | None = None) -> RollbackOutcome:
+        """Everything (or one tool) to threads at once, and the tasks still QUEUED on Celery
+        with it; remember the routing before the first rollback for `restore`.
+
+        Never refused: no version to match, no rate limit, and the same rollback twice leaves
+        the same routing (each is still recorded)."""
         reason = _reason(reason)
+        if tool_id is not None and tool_id not in self._registry:
+            known = ", ".join(self._registry)
+            raise RolloutInvalid("tool_id", f"unknown tool {tool_id!r}; known tools: {known}")
 
         def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
-            already_back = current.percentage == 0 and not any(current.tool_overrides.values())
-            keep = already_back and current.restore_point is not None
-            memory = current.restore_point if keep else current.routing()
-            return replace(current, percentage=0.0, tool_overrides={}), memory
+            # A rollback in force keeps its restore point: restore goes back to before the
+            # first one, however many rollbacks (global or per tool) followed.
+            memory = current.restore_point if current.rolled_back else current.routing()
+            if tool_id is None:
+                return replace(current, percentage=0.0, tool_overrides={}), memory
+            overrides = {**current.tool_overrides, tool_id: 0.0}
+            return replace(current, tool_overrides=overrides), memory
 
-        return self._apply(apply, RolloutAction.ROLLBACK, actor, reason, None)
+        state = self._apply(apply, RolloutAction.ROLLBACK, actor, reason, None)
+        reclaimed = 0
+        if self._reclaimer is not None:
+            reclaimed = self._reclaimer.reclaim(
+                tool_id=tool_id, reason=f"rollback by {actor} (version {state.version})"
+            )
+        return RollbackOutcome(state=state, reclaimed=reclaimed)
 
     def restore(self, *, actor: str, reason: str) -> RolloutState:
         """Return to where the last rollback found the rollout."""
@@ -157,9 +215,17 @@ class RolloutControl:
         actor: str,
         reason: str,
         expected_version: int | None,
+        *,
+        key_id: str | None = None,
     ) -> RolloutState:
         state = self._store.change(
-            transform, action=action, actor=actor, reason=reason, expected_version=expected_version
+            transform,
+            action=action,
+            actor=actor,
+            reason=reason,
+            expected_version=expected_version,
+            key_id=key_id,
+            limit=self._limit,
         )
         self._watcher.adopt(state)  # this process routes by it at once, not at the next poll
         return state

@@ -105,6 +105,13 @@ class RolloutPolicy:
         """The share of new tasks (of tools without an override) that go to Celery."""
         return self.percentage if self.use_celery else 0.0
 
+    @property
+    def sends_any_to_celery(self) -> bool:
+        """Whether any new task at all can go to Celery under this policy."""
+        return self.use_celery and (
+            self.percentage > 0 or any(share > 0 for share in self.tool_overrides.values())
+        )
+
     def share_for(self, tool_id: str | None) -> float:
         """The percentage that applies to a task of `tool_id`."""
         if not self.use_celery:

@@ -22,6 +22,15 @@ class RolloutAction(StrEnum):
     """Everything to 0 %, remembering where it was."""
     RESTORE = "restore"
     """Back to where the last rollback found it."""
+    ENVIRONMENT = "environment"
+    """A process started with a CELERY_ROLLOUT_PERCENTAGE (or ROLLOUT_SALT) no process had
+    started with before: the new value was adopted."""
+    ADVANCE = "advance"
+    """An operator moved to the next step of the schedule, after the cohort checks."""
+
+
+LIMITED_ACTIONS = (RolloutAction.SET, RolloutAction.ADVANCE)
+"""The changes the per-key limit counts and refuses; rollback and restore are never refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +45,14 @@ class RolloutState:
     restore_point: Mapping[str, Any] | None
     updated_at: datetime
     updated_by: str
+    source: RolloutAction = RolloutAction.SEED
+    """What made this version: the environment (seed, environment) or an operator."""
+
+    @property
+    def rolled_back(self) -> bool:
+        """A rollback is in force: only a rollback leaves a restore point, every other change
+        clears it."""
+        return self.restore_point is not None
 
     def policy(self, *, use_celery: bool) -> RolloutPolicy:
         """The snapshot routing uses, under this process's master switch."""

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import JSON, Engine, Float, Integer, String, Table, Text, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dispatch.rollout.policy import Stickiness
-from dispatch.rollout.state import RolloutAction, RolloutEvent, RolloutState
+from dispatch.rollout.state import LIMITED_ACTIONS, RolloutAction, RolloutEvent, RolloutState
 from execution.models import Base
 from execution.store import utcnow
 
@@ -46,10 +63,32 @@ class RolloutEventRow(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any]] = mapped_column(JSON)
     at: Mapped[datetime]
+    key_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The API key that made the change (None: the environment, the guard): what the per-key
+    change limit counts."""
+
+
+class RolloutEnvironmentRow(Base):
+    """Each (CELERY_ROLLOUT_PERCENTAGE, ROLLOUT_SALT) a process started with and adopted.
+
+    A process starting with values never seen before adopts them; one starting with values
+    adopted earlier and since replaced is an old process restarting late: it changes nothing.
+    The salt is kept as a digest: the table only needs to recognise it.
+    """
+
+    __tablename__ = "rollout_environment"
+    __table_args__ = (UniqueConstraint("percentage", "salt_digest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    percentage: Mapped[float] = mapped_column(Float)
+    salt_digest: Mapped[str] = mapped_column(String(64))
+    applied_version: Mapped[int] = mapped_column(Integer)
+    applied_at: Mapped[datetime]
 
 
 _STATE = cast(Table, RolloutStateRow.__table__)
 _EVENTS = cast(Table, RolloutEventRow.__table__)
+_ENVIRONMENT = cast(Table, RolloutEnvironmentRow.__table__)
 _ROW_ID = 1
 CAS_ATTEMPTS = 5
 
@@ -69,12 +108,65 @@ class NothingToRestore(Exception):
     """Restore was asked for, but no rollback has saved a point to return to."""
 
 
-Transform = Callable[[RolloutState], tuple[RolloutState, Mapping[str, Any] | None]]
-"""Given the current state: the next routing and the restore point to store with it."""
+class RolloutRateLimited(Exception):
+    """This key made its allowance of changes within the window; nothing was written."""
+
+    def __init__(self, limit: ChangeLimit, retry_after: float) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"too many rollout changes with this key: at most {limit.changes} per "
+            f"{limit.window_seconds:g} s (ROLLOUT_CHANGE_LIMIT); rollback and restore are "
+            "never limited"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeLimit:
+    """At most `changes` accepted changes per API key in any `window_seconds`.
+
+    Counted from the audit history, inside the change's own transaction, so every API process
+    shares one count and a refused request counts for nothing."""
+
+    changes: int
+    window_seconds: float
+
+
+Transform = Callable[[RolloutState], tuple[RolloutState, Mapping[str, Any] | None] | None]
+"""Given the current state: the next routing and the restore point to store with it, or None
+when there is nothing to change."""
+
+
+class EnvironmentOutcome(StrEnum):
+    """What a start did with its environment's percentage and salt."""
+
+    SEEDED = "seeded"
+    """First start anywhere: the environment's values are the first state."""
+    ADOPTED = "adopted"
+    """Values no process had started with: adopted as a change by "environment"."""
+    UNCHANGED = "unchanged"
+    """The values last adopted: the state in force (runtime changes included) stays."""
+    STALE = "stale"
+    """Values adopted once and since replaced (an old process in a rolling deploy): ignored."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentApplied:
+    """The state after a start applied its environment, and what that did."""
+
+    state: RolloutState
+    outcome: EnvironmentOutcome
+    percentage: float
+    """The environment's CELERY_ROLLOUT_PERCENTAGE."""
+
+
+def salt_digest(salt: str) -> str:
+    """How the environment table recognises a salt without storing it."""
+    return hashlib.sha256(salt.encode()).hexdigest()
 
 
 class RolloutStore:
-    """The `rollout_state` row and its `rollout_events` history."""
+    """The `rollout_state` row, its `rollout_events` history and the environments applied."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -90,59 +182,61 @@ class RolloutStore:
     def load(self) -> RolloutState | None:
         """The state, or None before the first start seeded it."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(_STATE).where(_STATE.c.id == _ROW_ID)).one_or_none()
-        if row is None:
-            return None
-        values = row._mapping
-        return RolloutState(
-            version=values["version"],
-            percentage=values["percentage"],
-            tool_overrides=values["tool_overrides"],
-            stickiness=Stickiness(values["stickiness"]),
-            salt=values["salt"],
-            restore_point=values["restore_point"],
-            updated_at=values["updated_at"],
-            updated_by=values["updated_by"],
-        )
+            return _load(conn)
 
     def seed(self, *, percentage: float, salt: str) -> RolloutState:
         """Store the environment's starting values once; later starts find them already there."""
-        now = utcnow()
-        values = {
-            "id": _ROW_ID,
-            "version": 1,
-            "percentage": percentage,
-            "tool_overrides": {},
-            "stickiness": Stickiness.TASK_ID.value,
-            "salt": salt,
-            "restore_point": None,
-            "updated_at": now,
-            "updated_by": "environment",
-        }
-        dialect_insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         with self.engine.begin() as conn:
-            inserted = conn.execute(
-                dialect_insert(_STATE)
-                .values(values)
-                .on_conflict_do_nothing()
-                .returning(_STATE.c.id)
-            ).first()
-            if inserted is not None:
-                after = {"percentage": percentage, "tool_overrides": {}, "stickiness": "task_id"}
-                conn.execute(
-                    insert(_EVENTS).values(
-                        version=1,
-                        action=RolloutAction.SEED,
-                        actor="environment",
-                        reason="starting values from CELERY_ROLLOUT_PERCENTAGE",
-                        before=None,
-                        after=after,
-                        at=now,
-                    )
-                )
+            _seed(conn, percentage=percentage, salt=salt)
         state = self.load()
         assert state is not None
         return state
+
+    def apply_environment(self, *, percentage: float, salt: str) -> EnvironmentApplied:
+        """Bring this start's CELERY_ROLLOUT_PERCENTAGE and ROLLOUT_SALT to the stored state.
+
+        The rule (rollout.md, "What decides where a new task runs"): values no process started
+        with before are adopted, as a change by "environment"; the values adopted last change
+        nothing, so runtime changes stay in force; values adopted once and since replaced
+        change nothing either: an old process restarting late in a rolling deploy cannot move
+        the rollout back. During a rollback an adoption only replaces the restore point.
+        """
+        digest = salt_digest(salt)
+        for _ in range(CAS_ATTEMPTS):
+            with self.engine.begin() as conn:
+                if _seed(conn, percentage=percentage, salt=salt):
+                    outcome = EnvironmentOutcome.SEEDED
+                    break
+                known = conn.execute(
+                    select(_ENVIRONMENT.c.percentage, _ENVIRONMENT.c.salt_digest).order_by(
+                        _ENVIRONMENT.c.applied_version.desc()
+                    )
+                ).all()
+            pairs = [(p, d) for p, d in known]
+            if pairs and pairs[0] == (percentage, digest):
+                outcome = EnvironmentOutcome.UNCHANGED
+                break
+            if (percentage, digest) in pairs:
+                outcome = EnvironmentOutcome.STALE
+                break
+            try:
+                self.change(
+                    _adopt_environment(percentage, salt),
+                    action=RolloutAction.ENVIRONMENT,
+                    actor="environment",
+                    reason=_environment_reason(percentage, pairs, digest),
+                    expected_version=None,
+                    environment=(percentage, digest),
+                )
+            except IntegrityError:
+                continue  # another process adopted the same values first: read again
+            outcome = EnvironmentOutcome.ADOPTED
+            break
+        else:
+            raise RolloutConflict(0, self.version() or 0)
+        state = self.load()
+        assert state is not None
+        return EnvironmentApplied(state=state, outcome=outcome, percentage=percentage)
 
     def change(
         self,
@@ -152,11 +246,16 @@ class RolloutStore:
         actor: str,
         reason: str,
         expected_version: int | None,
+        key_id: str | None = None,
+        limit: ChangeLimit | None = None,
+        environment: tuple[float, str] | None = None,
     ) -> RolloutState:
         """Apply `transform` to the current state; 409-style conflict if the version moved.
 
         Without `expected_version` (rollback, restore: their target does not depend on what the
-        caller saw) a lost race is retried on the fresh state.
+        caller saw) a lost race is retried on the fresh state. With `limit`, `key_id`'s recent
+        accepted changes are counted in the same transaction, after the write that serialises
+        changes: two API processes cannot both admit the last allowed change.
         """
         seen = 0
         for _ in range(CAS_ATTEMPTS):
@@ -166,7 +265,10 @@ class RolloutStore:
             seen = current.version
             if expected_version is not None and current.version != expected_version:
                 raise RolloutConflict(expected_version, current.version)
-            target, restore_point = transform(current)
+            planned = transform(current)
+            if planned is None:
+                return current
+            target, restore_point = planned
             now = utcnow()
             with self.engine.begin() as conn:
                 # The UPDATE is the compare-and-set: it only matches the version we read.
@@ -178,6 +280,7 @@ class RolloutStore:
                         percentage=target.percentage,
                         tool_overrides=dict(target.tool_overrides),
                         stickiness=target.stickiness.value,
+                        salt=target.salt,
                         restore_point=dict(restore_point) if restore_point else None,
                         updated_at=now,
                         updated_by=actor,
@@ -185,6 +288,8 @@ class RolloutStore:
                     .returning(_STATE.c.version)
                 ).first()
                 if matched is not None:
+                    if limit is not None and key_id is not None and action in LIMITED_ACTIONS:
+                        _check_limit(conn, key_id=key_id, limit=limit, now=now)
                     conn.execute(
                         insert(_EVENTS).values(
                             version=current.version + 1,
@@ -194,8 +299,11 @@ class RolloutStore:
                             before=current.routing(),
                             after=target.routing(),
                             at=now,
+                            key_id=key_id,
                         )
                     )
+                    if environment is not None:
+                        _record_environment(conn, environment, current.version + 1, now)
             if matched is not None:
                 changed = self.load()
                 assert changed is not None
@@ -222,3 +330,119 @@ class RolloutStore:
             )
             for r in rows
         ]
+
+
+def _load(conn: Connection) -> RolloutState | None:
+    query = (
+        select(_STATE, _EVENTS.c.action)
+        .outerjoin(_EVENTS, _EVENTS.c.version == _STATE.c.version)
+        .where(_STATE.c.id == _ROW_ID)
+    )
+    row = conn.execute(query).one_or_none()
+    if row is None:
+        return None
+    values = row._mapping
+    return RolloutState(
+        version=values["version"],
+        percentage=values["percentage"],
+        tool_overrides=values["tool_overrides"],
+        stickiness=Stickiness(values["stickiness"]),
+        salt=values["salt"],
+        restore_point=values["restore_point"],
+        updated_at=values["updated_at"],
+        updated_by=values["updated_by"],
+        source=RolloutAction(values["action"] or RolloutAction.SEED),
+    )
+
+
+def _seed(conn: Connection, *, percentage: float, salt: str) -> bool:
+    """Insert the first state (version 1) unless one exists; True if this call did."""
+    now = utcnow()
+    values = {
+        "id": _ROW_ID,
+        "version": 1,
+        "percentage": percentage,
+        "tool_overrides": {},
+        "stickiness": Stickiness.TASK_ID.value,
+        "salt": salt,
+        "restore_point": None,
+        "updated_at": now,
+        "updated_by": "environment",
+    }
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    inserted = conn.execute(
+        dialect_insert(_STATE).values(values).on_conflict_do_nothing().returning(_STATE.c.id)
+    ).first()
+    if inserted is None:
+        return False
+    after = {"percentage": percentage, "tool_overrides": {}, "stickiness": "task_id"}
+    conn.execute(
+        insert(_EVENTS).values(
+            version=1,
+            action=RolloutAction.SEED,
+            actor="environment",
+            reason="starting values from CELERY_ROLLOUT_PERCENTAGE",
+            before=None,
+            after=after,
+            at=now,
+        )
+    )
+    _record_environment(conn, (percentage, salt_digest(salt)), 1, now)
+    return True
+
+
+def _record_environment(
+    conn: Connection, environment: tuple[float, str], version: int, now: datetime
+) -> None:
+    percentage, digest = environment
+    conn.execute(
+        insert(_ENVIRONMENT).values(
+            percentage=percentage, salt_digest=digest, applied_version=version, applied_at=now
+        )
+    )
+
+
+def _check_limit(conn: Connection, *, key_id: str, limit: ChangeLimit, now: datetime) -> None:
+    since = now - timedelta(seconds=limit.window_seconds)
+    counted = (
+        select(_EVENTS.c.at)
+        .where(
+            _EVENTS.c.key_id == key_id,
+            _EVENTS.c.action.in_([a.value for a in LIMITED_ACTIONS]),
+            _EVENTS.c.at > since,
+        )
+        .order_by(_EVENTS.c.at.desc())
+    )
+    # The change that frees a slot is the oldest of the newest `changes` in the window.
+    frees: datetime | None = conn.execute(
+        counted.limit(1).offset(limit.changes - 1)
+    ).scalar_one_or_none()
+    if frees is None:
+        return
+    wait = (frees + timedelta(seconds=limit.window_seconds) - now).total_seconds()
+    raise RolloutRateLimited(limit, max(wait, 0.0))
+
+
+def _adopt_environment(percentage: float, salt: str) -> Transform:
+    def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
+        if current.rolled_back:
+            # A rollback stays in force: the new value is where `restore` will return to.
+            assert current.restore_point is not None
+            return replace(current, salt=salt), {**current.restore_point, "percentage": percentage}
+        return replace(current, percentage=percentage, salt=salt), None
+
+    return apply
+
+
+def _environment_reason(percentage: float, known: list[tuple[float, str]], digest: str) -> str:
+    if not known:
+        return f"CELERY_ROLLOUT_PERCENTAGE={percentage:g} adopted from the environment"
+    last_percentage, last_digest = known[0]
+    parts = []
+    if percentage != last_percentage:
+        parts.append(
+            f"CELERY_ROLLOUT_PERCENTAGE changed from {last_percentage:g} to {percentage:g}"
+        )
+    if digest != last_digest:
+        parts.append("ROLLOUT_SALT changed")
+    return " and ".join(parts) + " in the environment of a new process: adopted"

@@ -10,7 +10,7 @@ import structlog
 
 from dispatch.rollout.policy import RolloutPolicy
 from dispatch.rollout.state import RolloutState
-from dispatch.rollout.store import RolloutStore
+from dispatch.rollout.store import EnvironmentApplied, EnvironmentOutcome, RolloutStore
 
 log = structlog.get_logger(__name__)
 
@@ -60,12 +60,14 @@ class RolloutWatcher:
         self._state: RolloutState | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.environment: EnvironmentApplied | None = None
+        """What this process's start did with its environment (None: not applied, a worker)."""
 
     def start(self) -> None:
-        """Seed the state if this is the first start anywhere (unless told not to: workers
+        """Apply this process's environment to the stored state (unless told not to: workers
         follow the state the API processes keep), load it, and begin polling."""
         if self._seed:
-            self._adopt(self.store.seed(percentage=self._seed_percentage, salt=self._salt))
+            self.apply_environment()
         elif (stored := self.store.load()) is not None:
             self._adopt(stored)
         if self._thread is None:
@@ -73,6 +75,27 @@ class RolloutWatcher:
                 target=self._poll, name="switchyard-rollout-watch", daemon=True
             )
             self._thread.start()
+
+    def apply_environment(self) -> EnvironmentApplied:
+        """Seed the state on the first start anywhere, or adopt CELERY_ROLLOUT_PERCENTAGE and
+        ROLLOUT_SALT if no process started with them before; once per process."""
+        if self.environment is None:
+            applied = self.store.apply_environment(
+                percentage=self._seed_percentage, salt=self._salt
+            )
+            self.environment = applied
+            fields = {
+                "outcome": str(applied.outcome),
+                "environment_percentage": applied.percentage,
+                "version": applied.state.version,
+                "percentage": applied.state.percentage,
+            }
+            if applied.outcome is EnvironmentOutcome.STALE:
+                log.warning("rollout.environment_stale", **fields)
+            else:
+                log.info("rollout.environment_applied", **fields)
+            self._adopt(applied.state)
+        return self.environment
 
     def stop(self) -> None:
         """Stop polling."""
@@ -108,13 +131,18 @@ class RolloutWatcher:
                 stickiness=str(state.stickiness),
             )
 
+    def refresh(self) -> None:
+        """Catch up with the stored state now (one version read; a reload if it moved): an
+        operator reading the rollout from this process must see, and match, the latest."""
+        version = self.store.version()
+        if version is not None and (self._state is None or version != self._state.version):
+            state = self.store.load()
+            if state is not None:
+                self._adopt(state)
+
     def _poll(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                version = self.store.version()
-                if version is not None and (self._state is None or version != self._state.version):
-                    state = self.store.load()
-                    if state is not None:
-                        self._adopt(state)
+                self.refresh()
             except Exception as exc:  # keep routing by the last known state
                 log.warning("rollout.poll_failed", error=f"{type(exc).__name__}: {exc}")

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from api.keys import Role
-from tests.api.conftest import ApiUnderTest, BuildApi, Keyholder
+from tests.api.conftest import ApiUnderTest, Keyholder
+from tests.helpers import queued_task
 
 
 def put(api: ApiUnderTest, who: Keyholder, body: dict[str, Any], version: str | None) -> Any:
@@ -138,22 +138,25 @@ def test_preview_reports_the_traffic_a_percentage_would_move(
     )
 
 
-def test_rollout_changes_are_rate_limited_per_key(build_api: BuildApi) -> None:
-    api = build_api(rollout_change_limit=2)
-    first, second = api.issue("ops-a", Role.OPERATOR), api.issue("ops-b", Role.OPERATOR)
-    for _ in range(2):
-        assert (
-            api.client.post(
-                "/rollout/rollback", json={"reason": "drill"}, headers=first.headers
-            ).status_code
-            == 200
-        )
-    refused = api.client.post("/rollout/rollback", json={"reason": "drill"}, headers=first.headers)
-    assert refused.status_code == 429
-    assert int(refused.headers["Retry-After"]) >= 1
-    assert (
-        api.client.post(
-            "/rollout/rollback", json={"reason": "drill"}, headers=second.headers
-        ).status_code
-        == 200
+def test_a_rollback_says_how_many_queued_celery_tasks_it_moved_to_threads(
+    auth_api: ApiUnderTest, ops: Keyholder
+) -> None:
+    waiting = [queued_task(auth_api.runtime.store, backend="celery") for _ in range(3)]
+    rolled = auth_api.client.post(
+        "/rollout/rollback", json={"reason": "workers down"}, headers=ops.headers
     )
+    assert rolled.status_code == 200
+    assert rolled.json()["reclaimed"] == 3
+    assert {auth_api.runtime.store.get(t.task_id).backend for t in waiting} == {"thread"}  # type: ignore[union-attr]
+    assert len(auth_api.backend.submitted) == 3  # type: ignore[attr-defined]
+
+
+def test_a_rollback_of_an_unknown_tool_is_refused_with_the_known_ones(
+    auth_api: ApiUnderTest, ops: Keyholder
+) -> None:
+    refused = auth_api.client.post(
+        "/rollout/rollback", json={"reason": "r", "tool_id": "nope"}, headers=ops.headers
+    )
+    assert refused.status_code == 422
+    assert "unknown tool 'nope'" in refused.json()["detail"]
+    assert "noop" in refused.json()["detail"]

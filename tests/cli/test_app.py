@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from typer.testing import CliRunner
 from api.cli import app as cli
 from api.cli import console
 from api.settings import Settings
+from dispatch.rollout.state import RolloutAction
+from dispatch.rollout.store import RolloutStore
+from execution.database import make_engine
 from execution.tools.registry import Tool
 from tests.cli.conftest import RunSwitchyard
 
@@ -68,21 +72,47 @@ def test_the_console_script_reports_a_bad_setting_without_a_traceback(
     assert not (tmp_path / "switchyard.db").exists()
 
 
-def test_serve_warns_loudly_when_celery_is_on_at_zero_percent(switchyard: RunSwitchyard) -> None:
-    # A tools module that cannot load stops serve right after the warning, before it binds.
-    result = switchyard(
-        "serve",
-        USE_CELERY="true",
-        CELERY_ROLLOUT_PERCENTAGE="0",
-        SWITCHYARD_TOOLS="no_such_tools_module",
+def serve_until_binding(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """`switchyard serve` up to the moment it would bind; its stderr."""
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    result = CliRunner().invoke(cli.app, ["serve"], env=env)
+    assert result.exit_code == 0, result.output
+    return result.stderr
+
+
+def test_serve_warns_loudly_when_celery_is_on_but_the_rollout_in_force_sends_nothing(
+    clean_env: None, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stderr = serve_until_binding(monkeypatch, USE_CELERY="true", CELERY_ROLLOUT_PERCENTAGE="0")
+
+    warning = _line_with(stderr, "WARNING")
+    assert warning.startswith("WARNING: USE_CELERY=true but the rollout in force (version 1)")
+    assert "sends NO task to Celery" in warning
+    assert "rollout=0% (version 1, seed by environment; first start" in stderr
+
+
+def test_the_banner_shows_the_stored_rollout_not_the_environment(
+    clean_env: None, restore_logging: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The issue's case: a database holding a runtime change, a restart with the same env."""
+    serve_until_binding(monkeypatch, CELERY_ROLLOUT_PERCENTAGE="0")
+    store = RolloutStore(make_engine(f"sqlite:///{tmp_path / 'switchyard.db'}"))
+    store.change(
+        lambda s: (replace(s, percentage=40.0), None),
+        action=RolloutAction.SET,
+        actor="carol",
+        reason="step",
+        expected_version=None,
     )
 
-    warning, error = _lines(result.stderr)
-    assert warning.startswith("WARNING: USE_CELERY=true but CELERY_ROLLOUT_PERCENTAGE=0")
-    assert "NO task will go to Celery" in warning
-    assert error.startswith("error: SWITCHYARD_TOOLS")
-    assert "no_such_tools_module" in error
-    assert result.returncode == 2
+    again = serve_until_binding(monkeypatch, USE_CELERY="true", CELERY_ROLLOUT_PERCENTAGE="0")
+    assert "WARNING" not in again
+    assert "rollout=40% (version 2, set by carol; CELERY_ROLLOUT_PERCENTAGE=0% already" in again
+
+    changed = serve_until_binding(monkeypatch, USE_CELERY="true", CELERY_ROLLOUT_PERCENTAGE="25")
+    assert "rollout=25% (version 3, environment by environment; CELERY_ROLLOUT_PERCENTAGE=25%" in (
+        changed
+    )
 
 
 def test_serve_logs_its_own_lines_but_not_alembics(

@@ -103,10 +103,10 @@ def test_rollback_sends_everything_to_threads_and_restore_returns(
         reason="half",
         expected_version=1,
     )
-    rolled = control.rollback(actor="oncall", reason="errors up")
+    rolled = control.rollback(actor="oncall", reason="errors up").state
     assert (rolled.percentage, dict(rolled.tool_overrides)) == (0, {})
     assert watcher.current().share_for("profile-csv") == 0
-    again = control.rollback(actor="oncall", reason="again, to be sure")
+    again = control.rollback(actor="oncall", reason="again, to be sure").state
     assert again.restore_point == rolled.restore_point  # a second rollback keeps the memory
     restored = control.restore(actor="oncall", reason="fixed")
     assert (restored.percentage, dict(restored.tool_overrides)) == (50, {"profile-csv": 100})
