@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 from sqlalchemy import Engine
+from structlog.testing import capture_logs
 
 from dispatch.rollout.state import RolloutAction
 from dispatch.rollout.store import EnvironmentOutcome, RolloutStore
@@ -172,3 +173,21 @@ def test_a_worker_never_applies_its_environment(rollout_store: RolloutStore) -> 
         assert worker.current().percentage == 5
     finally:
         worker.stop()
+
+
+def test_an_old_process_restarting_late_warns_that_its_value_is_ignored(
+    rollout_store: RolloutStore,
+) -> None:
+    rollout_store.apply_environment(percentage=5, salt="s")
+    rollout_store.apply_environment(percentage=25, salt="s")
+    late = RolloutWatcher(rollout_store, use_celery=True, seed_percentage=5, salt="s", interval=5)
+    with capture_logs() as logs:
+        applied = late.apply_environment()
+    assert applied.outcome is EnvironmentOutcome.STALE
+    assert late.current().percentage == 25
+    (stale,) = [e for e in logs if e["event"] == "rollout.environment_stale"]
+    assert (stale["log_level"], stale["environment_percentage"], stale["percentage"]) == (
+        "warning",
+        5,
+        25,
+    )
