@@ -12,6 +12,7 @@ from rich.table import Table
 from api.cli import tasks
 from api.cli.bootstrap import KeyFileError, ensure_operator_key
 from api.cli.console import err, fail, out, print_table, settings_or_exit
+from api.cli.drill import drill
 from api.cli.keys import keys_app
 from api.cli.rollout import rollout_app
 from api.settings import Settings
@@ -213,6 +214,7 @@ app.command("tasks")(tasks.count_tasks)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
+app.command()(drill)
 
 
 def main() -> None:

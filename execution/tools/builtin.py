@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from execution.tools.profile_csv import profile_csv
 from execution.tools.registry import ToolContext, tool
 
-__all__ = ["fail", "noop", "profile_csv", "sleep"]
+__all__ = ["fail", "noop", "probe", "profile_csv", "sleep"]
 
 
 class _Strict(BaseModel):
@@ -29,6 +29,14 @@ class FailPayload(_Strict):
 
     message: str = Field(default="the fail tool failed, as asked", max_length=2000)
     after_percent: float = Field(default=0, ge=0, le=100)
+
+
+class ProbePayload(_Strict):
+    """Which drill sent the probe, its sequence number, and how long it works."""
+
+    drill: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0)
+    seconds: float = Field(default=0.05, ge=0, le=60)
 
 
 class ToolFailure(RuntimeError):
@@ -58,3 +66,10 @@ def fail(ctx: ToolContext) -> dict[str, Any]:
     if ctx.payload["after_percent"]:
         ctx.progress(ctx.payload["after_percent"], "about to fail")
     raise ToolFailure(ctx.payload["message"])
+
+
+@tool("probe", payload_model=ProbePayload)
+def probe(ctx: ToolContext) -> dict[str, Any]:
+    """A `switchyard drill` probe: sleeps `seconds`, returns its drill id and sequence number."""
+    time.sleep(float(ctx.payload["seconds"]))
+    return {"drill": ctx.payload["drill"], "seq": ctx.payload["seq"]}

@@ -60,7 +60,11 @@ TOUR_FACTS = [
     (2, '{"use_celery":false,"percentage":0.0,"effective_percentage":0.0'),
     (2, '"explanation":"USE_CELERY is false: every new task runs on the thread backend"'),
     (3, '{"status":"ok","database":"ok","backends":{"thread":{"ok":true,"workers":8'),
-    (4, '{"detail":"unknown tool \'profile_csv\'; known tools: fail, noop, profile-csv, sleep"'),
+    (
+        4,
+        '{"detail":"unknown tool \'profile_csv\'; '
+        'known tools: fail, noop, probe, profile-csv, sleep"',
+    ),
 ]
 
 

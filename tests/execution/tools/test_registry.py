@@ -23,10 +23,11 @@ def _handler(ctx: ToolContext) -> dict[str, Any]:
     return {}
 
 
-def test_the_builtin_module_registers_the_four_builtin_tools() -> None:
+def test_the_builtin_module_registers_the_five_builtin_tools() -> None:
     assert list(load_registry(["execution.tools.builtin"])) == [
         "fail",
         "noop",
+        "probe",
         "profile-csv",
         "sleep",
     ]
@@ -51,9 +52,9 @@ def test_an_unknown_tool_names_the_known_ones() -> None:
     with pytest.raises(UnknownTool) as raised:
         registry["profile_csv"]
 
-    assert raised.value.known == ["fail", "noop", "profile-csv", "sleep"]
+    assert raised.value.known == ["fail", "noop", "probe", "profile-csv", "sleep"]
     assert str(raised.value) == (
-        "unknown tool 'profile_csv'; known tools: fail, noop, profile-csv, sleep"
+        "unknown tool 'profile_csv'; known tools: fail, noop, probe, profile-csv, sleep"
     )
 
 
