@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.limits import install_request_limits, reject_undeclared_query
-from api.routes import rollout, system, tasks
+from api.routes import cohorts, rollout, system, tasks
 from api.runtime import Runtime
 from api.schemas import ValidationErrorOut
 
@@ -67,6 +67,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     app.include_router(tasks.router)
     app.include_router(rollout.router)
+    app.include_router(cohorts.router)
     app.include_router(system.router)
     install_offline_docs(app)
     return app

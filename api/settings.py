@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from backends.settings import BackendSettings
-from dispatch.rollout.settings import RolloutSettings
+from dispatch.rollout.settings import RolloutCheckSettings, RolloutSettings
 from dispatch.settings import DispatchSettings, RecoverySettings
 from execution.redaction import redact_url
 from execution.settings import ExecutionSettings, SettingsGroup, load, split_list
@@ -51,6 +51,7 @@ class ApiSettings(SettingsGroup):
 class Settings(
     ApiSettings,
     RolloutSettings,
+    RolloutCheckSettings,
     DispatchSettings,
     RecoverySettings,
     BackendSettings,
