@@ -9,7 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from api.cli import tasks
+from api.cli import (
+    rollout_checks,  # noqa: F401 (registers compare and advance on rollout_app)
+    tasks,
+)
 from api.cli.bootstrap import KeyFileError, ensure_operator_key
 from api.cli.console import err, fail, out, print_table, settings_or_exit
 from api.cli.drill import drill
