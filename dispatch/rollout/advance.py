@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy import Engine
 
 from dispatch.rollout.cohorts import Cohort, CohortReport, read_cohorts
@@ -21,6 +22,8 @@ from dispatch.rollout.settings import RolloutCheckSettings
 from dispatch.rollout.state import RolloutAction, RolloutState
 from dispatch.rollout.store import RolloutStore
 from execution.status import BackendName
+
+log = structlog.get_logger(__name__)
 
 _EPSILON = 1e-9  # 0.2 + 0.1 is 0.30000000000000004: a rate exactly at the limit passes
 
@@ -178,6 +181,13 @@ class RolloutAdvance:
             checks = judge(report, self._limits)
         failed = [check for check in checks if not check.passed]
         if failed and not force:
+            log.info(
+                "rollout.advance_refused",
+                actor=actor,
+                version=state.version,
+                target=target,
+                failed=[check.name for check in failed],
+            )
             raise AdvanceRefused(from_percentage=current, to_percentage=target, checks=checks)
         trail = f" [advance {current:g}% -> {target:g}%; {_evidence(checks, forced=bool(failed))}]"
         room = MAX_REASON - len(trail)
@@ -190,6 +200,13 @@ class RolloutAdvance:
             expected_version=state.version,  # the checks judged this version's cohorts
             key_id=key_id,
             action=RolloutAction.ADVANCE,
+        )
+        log.info(
+            "rollout.advanced",
+            actor=actor,
+            version=changed.version,
+            percentage=target,
+            forced=[check.name for check in failed],
         )
         return AdvanceResult(
             from_percentage=current,
