@@ -442,12 +442,12 @@ def preflight(client: httpx.Client, plan: DrillPlan) -> dict[str, Any]:
 
 def roll_back(client: httpx.Client, plan: DrillPlan) -> RollbackMark:
     """POST /rollout/rollback through the first process, timed."""
+    reason = _reason(plan, "roll back under load")
     sent_at = time.monotonic()
-    body = call(client, "POST", f"{plan.urls[0]}/rollout/rollback", json={"reason": plan.reason})
+    body = call(client, "POST", f"{plan.urls[0]}/rollout/rollback", json={"reason": reason})
     reclaimed = body.get("reclaimed")
-    return RollbackMark(
-        sent_at, time.monotonic(), int(reclaimed) if reclaimed is not None else None
-    )
+    answered_at = time.monotonic()
+    return RollbackMark(sent_at, answered_at, None if reclaimed is None else int(reclaimed))
 
 
 def put_back(
@@ -461,7 +461,7 @@ def put_back(
     else:
         now = call(client, "GET", f"{main}/rollout")
     if _routing(now) != routing:
-        set_routing(client, plan, routing, now["version"], "back to where the drill found it")
+        set_routing(client, plan, routing, now["version"], "put back as found")
 
 
 def set_routing(
@@ -592,9 +592,9 @@ def print_report(report: DrillReport) -> None:
         "to Celery after",
         "last to Celery (s)",
     )
-    for p in report.processes:
+    for n, p in enumerate(report.processes):
         routing.add_row(
-            p.url,
+            f"{p.url} (rollback)" if n == 0 else p.url,
             str(p.probes),
             str(p.celery_before_rollback),
             str(p.probes_after_rollback),

@@ -64,12 +64,16 @@ def test_every_command_in_the_runbook_runs(operator: Shell) -> None:
         else:
             operator.run(script)
 
-    # The drill's tasks all completed, and history shows who did what and why.
+    # The drill's probes all completed, on both backends, and it put the rollout back where it
+    # found it; history shows who did what and why.
     runtime = Runtime.build(Settings(_env_file=None, database_url=operator.env["DATABASE_URL"]))
-    tasks = runtime.store.find(TaskFilter(tool_id="sleep"), limit=100, offset=0)
-    assert len(tasks) == 20
-    assert {t.status for t in tasks} == {TaskStatus.COMPLETED}
+    probes = runtime.store.find(TaskFilter(tool_id="probe"), limit=500, offset=0)
+    assert len(probes) > 20
+    assert {t.status for t in probes} == {TaskStatus.COMPLETED}
+    assert {t.backend for t in probes} == {"celery", "thread"}
     history = runtime.rollout_control.history(limit=100, offset=0)
     assert {e.actor for e in history} - {"environment"} == {"operator"}
-    assert history[0].reason == "drill over"
+    drill = [e.reason.split(": ", 1)[1] for e in history[3::-1]]
+    assert drill == ["raise to 50 %", "roll back under load", "restore", "put back as found"]
+    assert history[0].after == history[4].after
     runtime.engine.dispose()
