@@ -114,8 +114,13 @@ def cohorts(
     now = utcnow()
     if window_seconds is None:
         state = runtime.rollout.store.load()
-        since = state.updated_at if state else now
-        basis = f"since the last rollout change (version {state.version if state else 0})"
+        if state is None:
+            since, basis = now, "since now: the rollout is not stored yet"
+        else:
+            since = state.updated_at
+            basis = (
+                f"since the last rollout change (version {state.version}, by {state.updated_by})"
+            )
     else:
         since = now - timedelta(seconds=window_seconds)
         basis = f"over the last {window_seconds} s"

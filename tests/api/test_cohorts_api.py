@@ -76,7 +76,7 @@ def test_cohorts_count_since_the_last_change_unless_a_window_is_asked(
 
     assert since_change.status_code == 200
     body = since_change.json()
-    assert body["basis"] == "since the last rollout change (version 2)"
+    assert body["basis"] == "since the last rollout change (version 2, by ops-oncall)"
     assert [(c["backend"], c["samples"], c["enough"]) for c in body["backends"]] == [
         ("thread", 2, False),
         ("celery", 3, True),

@@ -92,7 +92,8 @@ def test_compare_shows_each_backend_and_tool_and_marks_too_few_samples(
 
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.stdout.splitlines()]
-    assert "since the last rollout change (version 2): 6 finished tasks" in result.stdout
+    header = "since the last rollout change (version 2, by ops-oncall): 6 finished tasks"
+    assert header in result.stdout
     assert ["thread", "(all)", "2", "0", "0.00%", "1s", "1s", "1s", "1s", "2", "(too", "few)"] in [
         [cell for cell in row if cell not in "│┃|"] for row in rows
     ]
