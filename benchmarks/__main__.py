@@ -20,6 +20,7 @@ from benchmarks import (
     celery_backends,
     floors,
     memory,
+    rollback_under_load,
     rollout_propagation,
     routing,
     thread_backend,
@@ -38,6 +39,7 @@ COMPARISONS: dict[str, Callable[[BenchContext], list[Row]]] = {
     "celery": celery_backends.run,
     "api": api_load.run,
     "rollout": rollout_propagation.run,
+    "rollback": rollback_under_load.run,
     "memory": memory.run,
 }
 

@@ -20,6 +20,7 @@ ROWS = (
     "POST /tasks",
     "Rollout change",
     "Rollback",
+    "Rollback under load",
     "RSS",
 )
 
