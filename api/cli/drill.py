@@ -38,6 +38,7 @@ PAGE = 500
 MAX_LISTED = 20
 MAX_RETRY_AFTER = 65.0
 """Longest 429 Retry-After the drill waits out (ROLLOUT_CHANGE_LIMIT's window is 60 s)."""
+RATE_LIMIT_WAITS = 3
 
 
 class DrillError(RuntimeError):
@@ -257,24 +258,31 @@ def process_figures(url: str, probes: Sequence[Probe], rollback: RollbackMark) -
 
 
 def call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:
-    """The JSON answer, waiting out a 429's Retry-After; DrillError on anything else."""
-    while True:
+    """The JSON answer, waiting out a 429's Retry-After a few times; DrillError otherwise."""
+    for _ in range(RATE_LIMIT_WAITS):
         try:
             response = client.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
             raise DrillError(f"cannot reach {url}: {exc}") from None
-        wait = float(response.headers.get("Retry-After", "0") or 0)
-        if response.status_code == 429 and wait <= MAX_RETRY_AFTER:
-            log.warning("drill.rate_limited", url=url, retry_after=wait)
-            time.sleep(max(wait, 0.5))
-            continue
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise DrillError(f"{method} {url} answered {response.status_code}: {detail}")
-        return response.json()
+        wait = _retry_after(response)
+        if response.status_code != 429 or wait > MAX_RETRY_AFTER:
+            break
+        log.warning("drill.rate_limited", url=url, retry_after=wait)
+        time.sleep(wait)
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise DrillError(f"{method} {url} answered {response.status_code}: {detail}")
+    return response.json()
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", "1")), 0.5)
+    except ValueError:  # an HTTP date: not what Switchyard sends
+        return 1.0
 
 
 def send_probe(client: httpx.Client, plan: DrillPlan, seq: int) -> Probe:
@@ -351,9 +359,10 @@ def fetch_records(client: httpx.Client, url: str, ids: Sequence[str]) -> dict[st
         if len(items) < PAGE or wanted <= found.keys():
             break
     for task_id in sorted(wanted - found.keys()):
-        response = client.get(f"{url}/tasks/{task_id}")
-        if response.status_code == 200:
-            found[task_id] = response.json()
+        try:
+            found[task_id] = call(client, "GET", f"{url}/tasks/{task_id}")
+        except DrillError:  # no such task: counted lost, not a reason to stop counting
+            continue
     return found
 
 
@@ -555,7 +564,7 @@ def drill(
         except DrillError as exc:
             fail(str(exc))
     if json_output:
-        out.print_json(report.to_json())
+        typer.echo(report.to_json())
     else:
         print_report(report)
     if report.problems:

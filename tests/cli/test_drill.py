@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from api.cli.drill import (
     Probe,
     ProbeStream,
     RollbackMark,
+    call,
     run_drill,
     send_probe,
     summarize,
@@ -237,11 +239,13 @@ def test_probes_go_round_robin_at_the_rate_each_with_its_own_key(
 ) -> None:
     plan = DrillPlan(urls=(A, B), rate=40.0)
     stream = ProbeStream(client, plan)
+    started = time.monotonic()
     stream.start()
     threading.Event().wait(0.5)
     probes = stream.stop()
+    elapsed = time.monotonic() - started
 
-    assert 18 <= len(probes) <= 23  # 40 a second for half a second, the first at once
+    assert abs(len(probes) - (1 + elapsed * plan.rate)) <= 3  # due at start + n / rate
     assert [p.url for p in probes[:4]] == [A, B, A, B]
     assert all(p.accepted for p in probes)
     assert sorted(fake.tasks) == sorted(f"drill-{plan.run_id}-{p.seq}" for p in probes)
@@ -287,6 +291,21 @@ def test_a_drill_whose_rollback_fails_still_puts_the_rollout_back(
 
     assert fake.calls == ["PUT /rollout", "POST /rollout/rollback", "PUT /rollout"]
     assert fake.rollout["percentage"] == 5.0
+
+
+def test_a_rate_limited_change_is_sent_again_after_retry_after() -> None:
+    limited = httpx.Response(429, headers={"Retry-After": "0"})
+    answers = iter([limited, httpx.Response(200, json={})])
+    sent: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        return next(answers)
+
+    with httpx.Client(transport=httpx.MockTransport(handle)) as client:
+        assert call(client, "PUT", f"{A}/rollout", json={}) == {}
+
+    assert sent == ["PUT", "PUT"]
 
 
 # -- the command -------------------------------------------------------------------------------
