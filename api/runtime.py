@@ -19,7 +19,7 @@ from dispatch.dispatcher import Dispatcher
 from dispatch.recovery import Recovery
 from dispatch.rollout.control import RolloutControl
 from dispatch.rollout.store import ChangeLimit, RolloutStore
-from dispatch.rollout.watch import RolloutSource, RolloutWatcher
+from dispatch.rollout.watch import RolloutWatcher
 from execution import database
 from execution.executor import ExecutorLimits, TaskExecutor
 from execution.status import BackendName
@@ -75,10 +75,12 @@ def recovery(
     store: TaskStore,
     registry: ToolRegistry,
     backends: dict[str, TaskBackend],
-    rollout: RolloutSource,
+    rollout: RolloutWatcher,
 ) -> Recovery:
-    """The recovery sweep of this process (not started); every process may run one."""
-    return Recovery(
+    """The recovery sweep of this process (not started); every process may run one. A rollout
+    change made elsewhere wakes it: Celery tasks a rollback left behind move to threads then,
+    not at the next interval."""
+    sweep = Recovery(
         store=store,
         registry=registry,
         backends=backends,
@@ -87,6 +89,8 @@ def recovery(
         republish_after=settings.celery_republish_seconds,
         interval=settings.recovery_sweep_seconds,
     )
+    rollout.subscribe(lambda _state: sweep.wake())
+    return sweep
 
 
 @dataclass

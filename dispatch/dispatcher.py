@@ -60,6 +60,28 @@ def route_task(
     return route(policy, key, tool_id)
 
 
+def reclaim_from_celery(
+    store: TaskStore, backends: Mapping[str, TaskBackend], *, tool_id: str | None, reason: str
+) -> int:
+    """Move the tasks QUEUED on Celery (of `tool_id`, or all) to threads, and give them to the
+    thread pool if this process has one; how many moved. Where the pool is full or absent (a
+    worker), the pools' own sweeps take them from the rows."""
+    moved = store.move_queued(
+        from_backend=BackendName.CELERY,
+        to_backend=BackendName.THREAD,
+        tool_id=tool_id,
+        reason=reason,
+    )
+    threads = backends.get(BackendName.THREAD)
+    if threads is not None:
+        for record in moved:
+            try:
+                threads.submit(record)
+            except BackendUnavailable:
+                break
+    return len(moved)
+
+
 class Dispatcher:
     """Picks the backend for each new task; knows backends only through `TaskBackend`."""
 
@@ -178,23 +200,10 @@ class Dispatcher:
         here: a rollback must not wait for a worker to hand them back. A Celery message that
         arrives later finds its task on threads and does nothing (the claim checks the backend).
         """
-        threads = self.backends.get(BackendName.THREAD)
-        if threads is None:
-            return 0
-        moved = self.store.move_queued(
-            from_backend=BackendName.CELERY,
-            to_backend=BackendName.THREAD,
-            tool_id=tool_id,
-            reason=reason,
-        )
-        for record in moved:
-            try:
-                threads.submit(record)
-            except BackendUnavailable:
-                break  # the pool is full: its sweep takes the rest from the rows, in a moment
+        moved = reclaim_from_celery(self.store, self.backends, tool_id=tool_id, reason=reason)
         if moved:
-            log.info("rollout.reclaimed", tool_id=tool_id, moved=len(moved))
-        return len(moved)
+            log.info("rollout.reclaimed", tool_id=tool_id, moved=moved)
+        return moved
 
     def _backend(self, name: str) -> TaskBackend:
         backend = self.backends.get(name)

@@ -10,19 +10,22 @@ each step is a conditional write that only one of them can win (the store arbitr
   is published;
 - a Celery task published CELERY_REPUBLISH_SECONDS ago and still unclaimed is published again:
   the broker may have lost it (Redis restarted without persistence, `celery purge`). A
-  duplicate message is harmless: the claim runs a task once.
+  duplicate message is harmless: the claim runs a task once;
+- a Celery task whose tool the stored rollout no longer sends to Celery (a rollback made in
+  another process, or a task routed by a process that had not heard of it yet) is moved to
+  threads, as a worker receiving it would: with every worker down it still runs.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
 from backends.base import BackendUnavailable, TaskBackend
-from dispatch.dispatcher import route_task
+from dispatch.dispatcher import reclaim_from_celery, route_task
 from dispatch.rollout.watch import RolloutSource
 from execution.executor import WORKER_LOST, attempts_allowed
 from execution.records import TaskRecord
@@ -44,9 +47,10 @@ class SweepReport:
     failed: int = 0
     cancelled: int = 0
     published: int = 0
+    handed_back: int = 0
 
     def __bool__(self) -> bool:
-        return any((self.requeued, self.failed, self.cancelled, self.published))
+        return any((self.requeued, self.failed, self.cancelled, self.published, self.handed_back))
 
 
 class Recovery:
@@ -71,7 +75,12 @@ class Recovery:
         self._republish_after = republish_after
         self._interval = interval
         self._stopped = threading.Event()
+        self._woken = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Sweep now rather than at the next interval (the rollout changed elsewhere)."""
+        self._woken.set()
 
     def start(self) -> None:
         """Sweep every `interval` seconds in a background thread, starting now."""
@@ -84,19 +93,22 @@ class Recovery:
     def stop(self) -> None:
         """Stop sweeping (the round under way finishes)."""
         self._stopped.set()
+        self._woken.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
 
     def sweep(self) -> SweepReport:
-        """One round: recover lost attempts, then publish what Celery should have."""
+        """One round: recover lost attempts, hand back what Celery should no longer run, then
+        publish what Celery should have."""
         requeued = failed = cancelled = 0
         for task in self._store.lost(limit=BATCH):
             outcome = self._recover(task)
             requeued += outcome is TaskStatus.QUEUED
             failed += outcome is TaskStatus.FAILED
             cancelled += outcome is TaskStatus.CANCELLED
-        return SweepReport(requeued, failed, cancelled, self._publish_waiting())
+        handed_back = self._hand_back()
+        return SweepReport(requeued, failed, cancelled, self._publish_waiting(), handed_back)
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
@@ -108,10 +120,12 @@ class Recovery:
                         failed=report.failed,
                         cancelled=report.cancelled,
                         published=report.published,
+                        handed_back=report.handed_back,
                     )
             except Exception as exc:  # a database blip: the next round tries again
                 log.warning("recovery.sweep_failed", error=str(exc))
-            self._stopped.wait(self._interval)
+            self._woken.wait(self._interval)
+            self._woken.clear()
 
     def _recover(self, task: TaskRecord) -> TaskStatus | None:
         lost = f"attempt {task.attempts} lost its worker ({task.lease_owner}; lease expired)"
@@ -170,6 +184,24 @@ class Recovery:
         if backend is not None:
             self._hand_over(backend, requeued)
         return TaskStatus.QUEUED
+
+    def _hand_back(self) -> int:
+        policy = self._rollout.current()
+        if policy.version == 0:
+            return 0  # no stored rollout read yet: 0 % here means nothing
+        # The stored routing, whatever this process's USE_CELERY: an API process switched off
+        # must not take other processes' Celery tasks.
+        stored = replace(policy, use_celery=True)
+        waiting = self._store.queued_tools(backend=BackendName.CELERY)
+        return sum(
+            reclaim_from_celery(
+                self._store,
+                self._backends,
+                tool_id=tool_id,
+                reason=f"the rollout (version {policy.version}) sends no {tool_id} task to celery",
+            )
+            for tool_id in sorted(t for t in waiting if stored.share_for(t) == 0)
+        )
 
     def _publish_waiting(self) -> int:
         celery = self._backends.get(BackendName.CELERY)

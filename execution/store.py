@@ -539,6 +539,16 @@ class TaskStore:
             row = conn.execute(query).one_or_none()
         return TaskRecord.from_row(row._mapping) if row is not None else None
 
+    def queued_tools(self, *, backend: str) -> set[str]:
+        """The tools of the tasks QUEUED on `backend` now."""
+        query = (
+            select(TASKS.c.tool_id)
+            .where(TASKS.c.status == TaskStatus.QUEUED, TASKS.c.backend == backend)
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            return {str(tool_id) for tool_id in conn.execute(query).scalars()}
+
     def queued_counts(self) -> dict[tuple[str, str], int]:
         """QUEUED tasks per (backend, tool_id)."""
         query = (

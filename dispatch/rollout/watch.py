@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,7 @@ class RolloutWatcher:
         self._state: RolloutState | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[RolloutState], None]] = []
         self.environment: EnvironmentApplied | None = None
         """What this process's start did with its environment (None: not applied, a worker)."""
 
@@ -116,9 +118,10 @@ class RolloutWatcher:
         """Take a state this process just wrote, without waiting for the next poll."""
         self._adopt(state)
 
-    def _adopt(self, state: RolloutState) -> None:
+    def _adopt(self, state: RolloutState) -> bool:
+        """Take `state` unless it is older than the one in force; whether it was new."""
         if self._state is not None and state.version < self._state.version:
-            return  # an older read finishing late must not roll us back
+            return False  # an older read finishing late must not roll us back
         previous = self._state.version if self._state else None
         self._state = state
         self._policy = state.policy(use_celery=self._use_celery)
@@ -130,6 +133,12 @@ class RolloutWatcher:
                 overrides=dict(state.tool_overrides),
                 stickiness=str(state.stickiness),
             )
+        return previous != state.version
+
+    def subscribe(self, listener: Callable[[RolloutState], None]) -> None:
+        """Call `listener` with each state this process learns of from the database (a change
+        made elsewhere), after it is in force here."""
+        self._listeners.append(listener)
 
     def refresh(self) -> None:
         """Catch up with the stored state now (one version read; a reload if it moved): an
@@ -137,8 +146,9 @@ class RolloutWatcher:
         version = self.store.version()
         if version is not None and (self._state is None or version != self._state.version):
             state = self.store.load()
-            if state is not None:
-                self._adopt(state)
+            if state is not None and self._adopt(state):
+                for listener in self._listeners:
+                    listener(state)
 
     def _poll(self) -> None:
         while not self._stop.wait(self._interval):

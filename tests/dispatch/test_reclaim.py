@@ -4,6 +4,7 @@ call: nothing waits for a worker, and a Celery message arriving later runs nothi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import Engine
@@ -11,9 +12,12 @@ from sqlalchemy import Engine
 from backends.celery_tasks import WorkerServices
 from backends.testing import InlineBackend, RecordingBackend
 from dispatch.dispatcher import Dispatcher, NewTask
+from dispatch.recovery import Recovery
 from dispatch.rollout.control import RolloutChange, RolloutControl
+from dispatch.rollout.policy import RolloutPolicy
+from dispatch.rollout.state import RolloutAction
 from dispatch.rollout.store import RolloutStore
-from dispatch.rollout.watch import RolloutWatcher
+from dispatch.rollout.watch import RolloutWatcher, StaticRollout
 from execution.executor import RunOutcome, TaskExecutor
 from execution.status import BackendName, TaskStatus
 from execution.store import TaskStore
@@ -163,3 +167,84 @@ def test_tasks_already_running_or_on_threads_are_not_touched(
     assert control.rollback(actor="oncall", reason="r").reclaimed == 0
     assert store.get(running.task_id).status is TaskStatus.PROCESSING  # type: ignore[union-attr]
     assert store.get(on_threads.task_id).backend == "thread"  # type: ignore[union-attr]
+
+
+def sweeper(
+    store: TaskStore, registry: ToolRegistry, policy: RolloutPolicy, threads: RecordingBackend
+) -> Recovery:
+    return Recovery(
+        store=store,
+        registry=registry,
+        backends={"thread": threads},
+        rollout=StaticRollout(policy),
+        lost_retries=2,
+        republish_after=300,
+        interval=60,
+    )
+
+
+def test_the_sweep_hands_back_celery_tasks_the_stored_rollout_no_longer_sends_there(
+    store: TaskStore, registry: ToolRegistry
+) -> None:
+    """A process that routed to Celery just before it heard of a rollback made elsewhere:
+    any process's sweep moves those tasks to threads, no worker needed."""
+    late = [queued_task(store, tool_id="noop", backend="celery") for _ in range(3)]
+    kept = queued_task(store, tool_id="sleep", backend="celery")
+    threads = RecordingBackend(name="thread")
+    rolled_back_noop = RolloutPolicy(
+        use_celery=True, percentage=50, salt="s", tool_overrides={"noop": 0}, version=7
+    )
+
+    report = sweeper(store, registry, rolled_back_noop, threads).sweep()
+
+    assert report.handed_back == 3
+    assert {store.get(t.task_id).backend for t in late} == {"thread"}  # type: ignore[union-attr]
+    assert sorted(t.task_id for t in threads.submitted) == sorted(t.task_id for t in late)
+    assert store.get(kept.task_id).backend == "celery"  # type: ignore[union-attr]
+    message = store.get(late[0].task_id).message  # type: ignore[union-attr]
+    assert message == (
+        "moved from celery to thread: the rollout (version 7) sends no noop task to celery"
+    )
+
+
+def test_an_api_process_switched_off_does_not_take_celery_tasks(
+    store: TaskStore, registry: ToolRegistry
+) -> None:
+    """USE_CELERY=false is this process's switch for new tasks, not the stored routing."""
+    waiting = queued_task(store, tool_id="noop", backend="celery")
+    switched_off = RolloutPolicy(use_celery=False, percentage=100, salt="s", version=4)
+
+    report = sweeper(store, registry, switched_off, RecordingBackend(name="thread")).sweep()
+
+    assert report.handed_back == 0
+    assert store.get(waiting.task_id).backend == "celery"  # type: ignore[union-attr]
+
+
+def test_before_any_stored_rollout_is_read_nothing_is_handed_back(
+    store: TaskStore, registry: ToolRegistry
+) -> None:
+    waiting = queued_task(store, tool_id="noop", backend="celery")
+    unread = RolloutPolicy(use_celery=True, percentage=0, salt="s")  # version 0
+    assert (
+        sweeper(store, registry, unread, RecordingBackend(name="thread")).sweep().handed_back == 0
+    )
+    assert store.get(waiting.task_id).backend == "celery"  # type: ignore[union-attr]
+
+
+def test_a_change_made_elsewhere_wakes_the_listeners_and_one_made_here_does_not(
+    engine: Engine, control: RolloutControl, watcher: RolloutWatcher
+) -> None:
+    heard: list[int] = []
+    watcher.subscribe(lambda state: heard.append(state.version))
+    control.rollback(actor="here", reason="r")  # adopted at once, and reclaimed here
+    elsewhere = RolloutStore(engine)
+    changed = elsewhere.change(
+        lambda s: (replace(s, percentage=30.0), None),
+        action=RolloutAction.SET,
+        actor="another process",
+        reason="r",
+        expected_version=None,
+    )
+    watcher.refresh()
+    watcher.refresh()
+    assert heard == [changed.version]

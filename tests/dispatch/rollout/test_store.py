@@ -118,19 +118,22 @@ def test_the_policy_applies_overrides_and_the_master_switch(rollout_store: Rollo
 
 @pytest.fixture
 def watcher(rollout_store: RolloutStore) -> Iterator[RolloutWatcher]:
-    """A watcher polling every 50 ms."""
+    """A watcher polling every 50 ms, started with the environment already applied."""
+    rollout_store.change(
+        to(40), action=RolloutAction.SET, actor="ops", reason="r", expected_version=None
+    )
     watcher = RolloutWatcher(
-        rollout_store, use_celery=True, seed_percentage=99, salt="ignored", interval=0.05
+        rollout_store, use_celery=True, seed_percentage=5, salt="s", interval=0.05
     )
     watcher.start()
     yield watcher
     watcher.stop()
 
 
-def test_a_watcher_starts_from_the_stored_state_not_its_environment(
+def test_a_watcher_starts_from_the_stored_state_when_its_environment_was_applied_before(
     watcher: RolloutWatcher,
 ) -> None:
-    assert (watcher.current().percentage, watcher.current().salt) == (5, "s")
+    assert (watcher.current().percentage, watcher.current().version) == (40, 2)
 
 
 def test_a_watcher_picks_up_a_change_made_elsewhere(
@@ -141,7 +144,7 @@ def test_a_watcher_picks_up_a_change_made_elsewhere(
         to(75), action=RolloutAction.SET, actor="ops", reason="r", expected_version=None
     )
     wait_until(lambda: watcher.current().percentage == 75, what="the watcher to see 75 %")
-    assert watcher.current().version == 2
+    assert watcher.current().version == 3
 
 
 def test_a_watcher_never_goes_back_to_an_older_version(
