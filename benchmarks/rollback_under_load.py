@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import httpx
 
-from api.cli.drill import DrillPlan, DrillReport, run_drill
+from api.cli.drill import run_drill
+from api.cli.drill_report import DrillPlan, DrillReport
 from benchmarks.api_load import authorization_headers
 from benchmarks.context import BenchContext, Sizes
 from benchmarks.runner import Row, Summary

@@ -16,17 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from api.cli.app import app
-from api.cli.drill import (
-    DrillError,
-    DrillPlan,
-    Probe,
-    ProbeStream,
-    RollbackMark,
-    call,
-    run_drill,
-    send_probe,
-    summarize,
-)
+from api.cli.drill import DrillError, ProbeStream, call, run_drill, send_probe
+from api.cli.drill_report import DrillPlan, Probe, RollbackMark, summarize
 from execution.tools.registry import InvalidPayload, ToolRegistry
 from tests.helpers import call_tool
 from tests.integration.servers import free_port

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.cli.drill import DrillPlan, run_drill
+from api.cli.drill import run_drill
+from api.cli.drill_report import DrillPlan
 from tests.integration.faults import ApiProcess, FaultRig, fault_rig
 from tests.integration.workers import WorkerProcess
 
