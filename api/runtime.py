@@ -17,7 +17,9 @@ from backends.base import TaskBackend
 from backends.registry import build_backend
 from dispatch.dispatcher import Dispatcher
 from dispatch.recovery import Recovery
+from dispatch.rollout.advance import Thresholds
 from dispatch.rollout.control import RolloutControl
+from dispatch.rollout.guard import RolloutGuard
 from dispatch.rollout.store import ChangeLimit, RolloutStore
 from dispatch.rollout.watch import RolloutWatcher
 from execution import database
@@ -108,6 +110,8 @@ class Runtime:
     recovery: Recovery
     rollout_control: RolloutControl
     keys: KeyStore
+    guard: RolloutGuard | None = None
+    """Rolls back by itself on a Celery failure breach; only with ROLLOUT_GUARD=true."""
 
     @classmethod
     def build(
@@ -134,7 +138,7 @@ class Runtime:
             rollout=rollout,
             broker_down=settings.celery_unavailable,
         )
-        return cls(
+        runtime = cls(
             settings=settings,
             engine=engine,
             store=store,
@@ -158,20 +162,34 @@ class Runtime:
             ),
             keys=KeyStore(engine),
         )
+        if settings.rollout_guard:
+            runtime.guard = RolloutGuard(
+                control=runtime.rollout_control,
+                rollouts=rollout.store,
+                engine=engine,
+                limits=Thresholds.of(settings),
+                interval=settings.rollout_guard_interval_seconds,
+            )
+        return runtime
 
     def prepare_database(self) -> None:
         """Migrate the embedded database; refuse to start on an outdated external one."""
         database.prepare(self.engine, migrate=self.settings.is_embedded_database)
 
     def start(self) -> None:
-        """Load (or seed) the rollout, start every backend, then the recovery sweep."""
+        """Load (or seed) the rollout, start every backend, then the recovery sweep (and the
+        guard, if switched on)."""
         self.rollout.start()
         for backend in self.backends.values():
             backend.start()
         self.recovery.start()
+        if self.guard is not None:
+            self.guard.start()
 
     def stop(self) -> None:
         """Stop backends (running tasks get SHUTDOWN_TIMEOUT seconds) and close connections."""
+        if self.guard is not None:
+            self.guard.stop()
         self.recovery.stop()
         for backend in self.backends.values():
             backend.shutdown(self.settings.shutdown_timeout)

@@ -8,6 +8,7 @@ from api.keys import Role
 from dispatch.rollout.control import RolloutChange
 from tests.api.conftest import ApiUnderTest, BuildApi, Keyholder
 from tests.dispatch.rollout.cohort_rows import Clock, cohort_of, install_clock
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -186,3 +187,25 @@ def test_advances_count_towards_the_per_key_change_limit(build_api: BuildApi, cl
     assert first.status_code == 200
     assert second.status_code == 429
     assert int(second.headers["Retry-After"]) >= 1
+
+
+def test_the_api_runs_no_guard_unless_switched_on(api: ApiUnderTest) -> None:
+    assert api.runtime.guard is None
+
+
+def test_the_switched_on_guard_of_the_api_process_rolls_back_a_breach_by_itself(
+    build_api: BuildApi, clock: Clock
+) -> None:
+    api = build_api(rollout_guard=True, rollout_guard_interval_seconds=0.1, rollout_min_samples=3)
+    set_to(api, 25, clock)
+    cohort_of(api.runtime.store, clock, backend="celery", completed=1, failed=2)
+    cohort_of(api.runtime.store, clock, backend="thread", completed=3)
+
+    def rolled_back() -> bool:
+        state = api.runtime.rollout.store.load()
+        return state is not None and state.percentage == 0
+
+    wait_until(rolled_back, what="the guard's rollback")
+    (event, *_) = api.runtime.rollout_control.history(limit=1, offset=0)
+    assert (event.action, event.actor) == ("rollback", "guard")
+    assert "celery failure rate 66.67% vs threads 0.00%" in event.reason
