@@ -12,7 +12,7 @@ from api.cli.console import fail, out, print_table
 from dispatch.rollout.policy import check_percentage
 
 rollout_app = typer.Typer(
-    help="Where new tasks run: status, set, rollback, restore, history, preview.",
+    help="Where new tasks run: status, set, rollback, restore, history, preview, compare, advance.",
     no_args_is_help=True,
 )
 
