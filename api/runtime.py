@@ -68,6 +68,9 @@ def rollout_watcher(
         salt=settings.rollout_salt,
         interval=settings.rollout_refresh_seconds,
         seed=seed,
+        # A value the environment leaves at its default takes no part after the first start.
+        percentage_set="celery_rollout_percentage" in settings.model_fields_set,
+        salt_set="rollout_salt" in settings.model_fields_set,
     )
 
 

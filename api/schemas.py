@@ -84,10 +84,10 @@ class RestorePointOut(BaseModel):
 class EnvironmentOut(BaseModel):
     """What this API process's start did with its environment's rollout values."""
 
-    percentage: float
+    percentage: float | None = Field(description="None: the environment does not set it")
     outcome: str = Field(
         description="seeded (first start), adopted (new values), unchanged (the values last "
-        "adopted: the stored state stays), stale (values replaced since: ignored)"
+        "adopted: the stored state stays), stale (values replaced since: ignored), not set"
     )
 
 

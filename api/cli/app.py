@@ -145,7 +145,8 @@ def startup_banner(
 
 def rollout_in_force(applied: EnvironmentApplied) -> str:
     """`25% (version 7, set by carol; environment 5%: already applied)` and the like."""
-    state, env = applied.state, f"{applied.percentage:g}%"
+    state = applied.state
+    env = "not set" if applied.percentage is None else f"{applied.percentage:g}%"
     made = f"version {state.version}, {state.source} by {state.updated_by}"
     if state.rolled_back and state.restore_point is not None:
         made += f"; rolled back, restore returns to {state.restore_point['percentage']:g}%"
@@ -154,6 +155,7 @@ def rollout_in_force(applied: EnvironmentApplied) -> str:
         EnvironmentOutcome.ADOPTED: f"CELERY_ROLLOUT_PERCENTAGE={env} adopted from this start",
         EnvironmentOutcome.UNCHANGED: f"CELERY_ROLLOUT_PERCENTAGE={env} already applied",
         EnvironmentOutcome.STALE: f"CELERY_ROLLOUT_PERCENTAGE={env} is an older value, ignored",
+        EnvironmentOutcome.NOT_SET: "CELERY_ROLLOUT_PERCENTAGE not set",
     }[applied.outcome]
     return f"{state.percentage:g}% ({made}; {said})"
 

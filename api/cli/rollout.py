@@ -203,9 +203,12 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
             "unchanged": "already applied: the stored rollout stays in force",
             "stale": "an older value, replaced since: ignored",
         }.get(environment["outcome"], environment["outcome"])
+        value = environment["percentage"]
         table.add_row(
             "CELERY_ROLLOUT_PERCENTAGE (this API process)",
-            f"{environment['percentage']:g}%, {said}",
+            "not set: the stored rollout stays in force"
+            if value is None
+            else f"{value:g}%, {said}",
         )
     if rollout["restore_point"]:
         table.add_row("restore point", _routing(rollout["restore_point"]))

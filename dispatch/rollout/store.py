@@ -148,6 +148,8 @@ class EnvironmentOutcome(StrEnum):
     """The values last adopted: the state in force (runtime changes included) stays."""
     STALE = "stale"
     """Values adopted once and since replaced (an old process in a rolling deploy): ignored."""
+    NOT_SET = "not set"
+    """The environment sets neither: the stored rollout stays in force."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +158,8 @@ class EnvironmentApplied:
 
     state: RolloutState
     outcome: EnvironmentOutcome
-    percentage: float
-    """The environment's CELERY_ROLLOUT_PERCENTAGE."""
+    percentage: float | None
+    """The environment's CELERY_ROLLOUT_PERCENTAGE; None if it does not set it."""
 
 
 def salt_digest(salt: str) -> str:
@@ -192,16 +194,19 @@ class RolloutStore:
         assert state is not None
         return state
 
-    def apply_environment(self, *, percentage: float, salt: str) -> EnvironmentApplied:
+    def apply_environment(
+        self, *, percentage: float, salt: str, percentage_set: bool = True, salt_set: bool = True
+    ) -> EnvironmentApplied:
         """Bring this start's CELERY_ROLLOUT_PERCENTAGE and ROLLOUT_SALT to the stored state.
 
         The rule (rollout.md, "What decides where a new task runs"): values no process started
         with before are adopted, as a change by "environment"; the values adopted last change
         nothing, so runtime changes stay in force; values adopted once and since replaced
         change nothing either: an old process restarting late in a rolling deploy cannot move
-        the rollout back. During a rollback an adoption only replaces the restore point.
+        the rollout back. During a rollback an adoption only replaces the restore point. A
+        value the environment does not set (`*_set` false: the default) takes no part: only
+        the first start anywhere writes defaults.
         """
-        digest = salt_digest(salt)
         for _ in range(CAS_ATTEMPTS):
             with self.engine.begin() as conn:
                 if _seed(conn, percentage=percentage, salt=salt):
@@ -213,20 +218,31 @@ class RolloutStore:
                     )
                 ).all()
             pairs = [(p, d) for p, d in known]
-            if pairs and pairs[0] == (percentage, digest):
+            if not (percentage_set or salt_set):
+                outcome = EnvironmentOutcome.NOT_SET
+                break
+            # What the environment does not set is taken as last applied: it changes nothing.
+            last_percentage, last_digest = pairs[0] if pairs else (percentage, salt_digest(salt))
+            wanted = (
+                percentage if percentage_set else last_percentage,
+                salt_digest(salt) if salt_set else last_digest,
+            )
+            if pairs and pairs[0] == wanted:
                 outcome = EnvironmentOutcome.UNCHANGED
                 break
-            if (percentage, digest) in pairs:
+            if wanted in pairs:
                 outcome = EnvironmentOutcome.STALE
                 break
             try:
                 self.change(
-                    _adopt_environment(percentage, salt),
+                    _adopt_environment(
+                        percentage if percentage_set else None, salt if salt_set else None
+                    ),
                     action=RolloutAction.ENVIRONMENT,
                     actor="environment",
-                    reason=_environment_reason(percentage, pairs, digest),
+                    reason=_environment_reason(wanted, pairs),
                     expected_version=None,
-                    environment=(percentage, digest),
+                    environment=wanted,
                 )
             except IntegrityError:
                 continue  # another process adopted the same values first: read again
@@ -236,7 +252,9 @@ class RolloutStore:
             raise RolloutConflict(0, self.version() or 0)
         state = self.load()
         assert state is not None
-        return EnvironmentApplied(state=state, outcome=outcome, percentage=percentage)
+        return EnvironmentApplied(
+            state=state, outcome=outcome, percentage=percentage if percentage_set else None
+        )
 
     def change(
         self,
@@ -423,18 +441,22 @@ def _check_limit(conn: Connection, *, key_id: str, limit: ChangeLimit, now: date
     raise RolloutRateLimited(limit, max(wait, 0.0))
 
 
-def _adopt_environment(percentage: float, salt: str) -> Transform:
+def _adopt_environment(percentage: float | None, salt: str | None) -> Transform:
     def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
+        salted = current if salt is None else replace(current, salt=salt)
+        if percentage is None:
+            return salted, current.restore_point
         if current.rolled_back:
             # A rollback stays in force: the new value is where `restore` will return to.
             assert current.restore_point is not None
-            return replace(current, salt=salt), {**current.restore_point, "percentage": percentage}
-        return replace(current, percentage=percentage, salt=salt), None
+            return salted, {**current.restore_point, "percentage": percentage}
+        return replace(salted, percentage=percentage), None
 
     return apply
 
 
-def _environment_reason(percentage: float, known: list[tuple[float, str]], digest: str) -> str:
+def _environment_reason(wanted: tuple[float, str], known: list[tuple[float, str]]) -> str:
+    percentage, digest = wanted
     if not known:
         return f"CELERY_ROLLOUT_PERCENTAGE={percentage:g} adopted from the environment"
     last_percentage, last_digest = known[0]

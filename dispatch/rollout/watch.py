@@ -50,9 +50,13 @@ class RolloutWatcher:
         salt: str,
         interval: float,
         seed: bool = True,
+        percentage_set: bool = True,
+        salt_set: bool = True,
     ) -> None:
         self.store = store
         self._seed = seed
+        self._percentage_set = percentage_set
+        self._salt_set = salt_set
         self._use_celery = use_celery
         self._seed_percentage = seed_percentage
         self._salt = salt
@@ -83,7 +87,10 @@ class RolloutWatcher:
         ROLLOUT_SALT if no process started with them before; once per process."""
         if self.environment is None:
             applied = self.store.apply_environment(
-                percentage=self._seed_percentage, salt=self._salt
+                percentage=self._seed_percentage,
+                salt=self._salt,
+                percentage_set=self._percentage_set,
+                salt_set=self._salt_set,
             )
             self.environment = applied
             fields = {

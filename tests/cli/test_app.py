@@ -114,6 +114,11 @@ def test_the_banner_shows_the_stored_rollout_not_the_environment(
         changed
     )
 
+    unset = serve_until_binding(monkeypatch, USE_CELERY="true")  # the default, not a value
+    assert "rollout=25% (version 3, environment by environment; CELERY_ROLLOUT_PERCENTAGE not" in (
+        unset
+    )
+
 
 def test_serve_logs_its_own_lines_but_not_alembics(
     clean_env: None, restore_logging: None, monkeypatch: pytest.MonkeyPatch

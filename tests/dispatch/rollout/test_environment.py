@@ -191,3 +191,34 @@ def test_an_old_process_restarting_late_warns_that_its_value_is_ignored(
         5,
         25,
     )
+
+
+def test_a_process_whose_environment_sets_nothing_leaves_the_rollout_alone(
+    rollout_store: RolloutStore,
+) -> None:
+    """A process on the defaults (say, one with USE_CELERY=false and nothing else) must not
+    pull the fleet to 0 %."""
+    rollout_store.apply_environment(percentage=100, salt="s")
+    quiet = rollout_store.apply_environment(
+        percentage=0, salt="switchyard", percentage_set=False, salt_set=False
+    )
+    assert (quiet.outcome, quiet.percentage, quiet.state.percentage) == (
+        EnvironmentOutcome.NOT_SET,
+        None,
+        100,
+    )
+
+
+def test_only_what_the_environment_sets_is_compared_and_adopted(
+    rollout_store: RolloutStore,
+) -> None:
+    rollout_store.apply_environment(percentage=5, salt="s")
+    operator_sets(rollout_store, 40)
+    same_salt = rollout_store.apply_environment(percentage=0, salt="s", percentage_set=False)
+    assert (same_salt.outcome, same_salt.state.percentage) == (EnvironmentOutcome.UNCHANGED, 40)
+    new_salt = rollout_store.apply_environment(percentage=0, salt="pepper", percentage_set=False)
+    assert new_salt.outcome is EnvironmentOutcome.ADOPTED
+    assert (new_salt.state.percentage, new_salt.state.salt) == (40, "pepper")
+    new_share = rollout_store.apply_environment(percentage=25, salt="x", salt_set=False)
+    assert new_share.outcome is EnvironmentOutcome.ADOPTED
+    assert (new_share.state.percentage, new_share.state.salt) == (25, "pepper")
