@@ -204,12 +204,10 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
             "stale": "an older value, replaced since: ignored",
         }.get(environment["outcome"], environment["outcome"])
         value = environment["percentage"]
-        table.add_row(
-            "CELERY_ROLLOUT_PERCENTAGE (this API process)",
-            "not set: the stored rollout stays in force"
-            if value is None
-            else f"{value:g}%, {said}",
-        )
+        shown = "not set (the default)" if value is None else f"{value:g}%"
+        if value is None and environment["outcome"] != "seeded":
+            said = "the stored rollout stays in force"
+        table.add_row("CELERY_ROLLOUT_PERCENTAGE (this API process)", f"{shown}, {said}")
     if rollout["restore_point"]:
         table.add_row("restore point", _routing(rollout["restore_point"]))
     table.add_row("meaning", rollout["explanation"])

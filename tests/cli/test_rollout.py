@@ -103,4 +103,4 @@ def test_status_shows_what_made_the_rollout_and_what_this_environment_did(
     shown = rollout(ops, "status")
     assert shown.exit_code == 0, shown.output
     assert "environment (seed)" in shown.output
-    assert "0%, the first start: seeded the rollout" in shown.output
+    assert "not set (the default), the first start: seeded the rollout" in shown.output
