@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,10 +22,8 @@ from dispatch.rollout.control import RolloutChange, RolloutControl
 from dispatch.rollout.settings import RolloutCheckSettings, parse_schedule
 from dispatch.rollout.state import RolloutAction
 from dispatch.rollout.store import RolloutStore
-from dispatch.rollout.watch import RolloutWatcher
 from execution.settings import SettingsError, load
 from execution.store import TaskStore
-from execution.tools.registry import ToolRegistry
 from tests.dispatch.rollout.cohort_rows import Clock, cohort_of
 
 SCHEDULE = (5.0, 25.0, 50.0, 75.0, 100.0)
@@ -145,25 +142,6 @@ def test_celery_p95_run_time_may_be_at_most_the_ratio_of_the_threads(
 
 
 # -- advancing over real rows -------------------------------------------------------------------
-
-
-@pytest.fixture
-def rollouts(engine: Engine, clock: Clock) -> RolloutStore:
-    """Seeded at 0 %."""
-    store = RolloutStore(engine)
-    store.seed(percentage=0, salt="s")
-    return store
-
-
-@pytest.fixture
-def control(
-    rollouts: RolloutStore, registry: ToolRegistry, store: TaskStore
-) -> Iterator[RolloutControl]:
-    """The control over this test's database."""
-    watcher = RolloutWatcher(rollouts, use_celery=True, seed_percentage=0, salt="s", interval=5)
-    watcher.start()
-    yield RolloutControl(watcher=watcher, registry=registry, tasks=store)
-    watcher.stop()
 
 
 @pytest.fixture

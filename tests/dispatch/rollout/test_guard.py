@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine
 
@@ -12,32 +10,11 @@ from dispatch.rollout.control import RolloutChange, RolloutControl
 from dispatch.rollout.guard import RolloutGuard
 from dispatch.rollout.state import RolloutAction
 from dispatch.rollout.store import RolloutStore
-from dispatch.rollout.watch import RolloutWatcher
 from execution.store import TaskStore
-from execution.tools.registry import ToolRegistry
 from tests.dispatch.rollout.cohort_rows import Clock, cohort_of
 from tests.helpers import wait_until
 
 LIMITS = Thresholds(max_failure_delta=0.1, max_p95_ratio=1.2, min_samples=10)
-
-
-@pytest.fixture
-def rollouts(engine: Engine, clock: Clock) -> RolloutStore:
-    """Seeded at 0 %."""
-    store = RolloutStore(engine)
-    store.seed(percentage=0, salt="s")
-    return store
-
-
-@pytest.fixture
-def control(
-    rollouts: RolloutStore, registry: ToolRegistry, store: TaskStore
-) -> Iterator[RolloutControl]:
-    """The control over this test's database."""
-    watcher = RolloutWatcher(rollouts, use_celery=True, seed_percentage=0, salt="s", interval=5)
-    watcher.start()
-    yield RolloutControl(watcher=watcher, registry=registry, tasks=store)
-    watcher.stop()
 
 
 @pytest.fixture
