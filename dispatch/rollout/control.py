@@ -8,28 +8,13 @@ from typing import Any, Protocol
 
 from dispatch.rollout.policy import BUCKETS, Stickiness, check_percentage, cutoff
 from dispatch.rollout.state import RolloutAction, RolloutEvent, RolloutState
-from dispatch.rollout.store import (
-    ChangeLimit,
-    NothingToRestore,
-    RolloutRateLimited,
-    Transform,
-)
+from dispatch.rollout.store import ChangeLimit, NothingToRestore, Transform
 from dispatch.rollout.watch import RolloutWatcher
 from execution.status import BackendName
 from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 
 MAX_REASON = 500
-
-__all__ = [
-    "Reclaimer",
-    "RollbackOutcome",
-    "RolloutChange",
-    "RolloutControl",
-    "RolloutInvalid",
-    "RolloutPreview",
-    "RolloutRateLimited",
-]
 
 
 class Reclaimer(Protocol):
