@@ -144,19 +144,26 @@ def startup_banner(
 
 
 def rollout_in_force(applied: EnvironmentApplied) -> str:
-    """`25% (version 7, set by carol; environment 5%: already applied)` and the like."""
-    state = applied.state
-    env = "not set" if applied.percentage is None else f"{applied.percentage:g}%"
+    """`25% (version 7, set by carol; CELERY_ROLLOUT_PERCENTAGE=5% already applied)` and
+    the like."""
+    state, env = applied.state, applied.percentage
     made = f"version {state.version}, {state.source} by {state.updated_by}"
     if state.rolled_back and state.restore_point is not None:
         made += f"; rolled back, restore returns to {state.restore_point['percentage']:g}%"
-    said = {
-        EnvironmentOutcome.SEEDED: f"first start: CELERY_ROLLOUT_PERCENTAGE={env}",
-        EnvironmentOutcome.ADOPTED: f"CELERY_ROLLOUT_PERCENTAGE={env} adopted from this start",
-        EnvironmentOutcome.UNCHANGED: f"CELERY_ROLLOUT_PERCENTAGE={env} already applied",
-        EnvironmentOutcome.STALE: f"CELERY_ROLLOUT_PERCENTAGE={env} is an older value, ignored",
-        EnvironmentOutcome.NOT_SET: "CELERY_ROLLOUT_PERCENTAGE not set",
-    }[applied.outcome]
+    if applied.outcome is EnvironmentOutcome.SEEDED:
+        said = "first start: " + (
+            "the default (CELERY_ROLLOUT_PERCENTAGE not set)"
+            if env is None
+            else f"CELERY_ROLLOUT_PERCENTAGE={env:g}%"
+        )
+    elif env is None:
+        said = "CELERY_ROLLOUT_PERCENTAGE not set"
+    else:
+        said = f"CELERY_ROLLOUT_PERCENTAGE={env:g}% " + {
+            EnvironmentOutcome.ADOPTED: "adopted from this start",
+            EnvironmentOutcome.UNCHANGED: "already applied",
+            EnvironmentOutcome.STALE: "is an older value, ignored",
+        }.get(applied.outcome, str(applied.outcome))
     return f"{state.percentage:g}% ({made}; {said})"
 
 

@@ -130,6 +130,10 @@ def test_serve_logs_its_own_lines_but_not_alembics(
     assert result.exit_code == 0, result.output
     assert "db.upgraded" in result.stderr
     assert "No API key existed, so an operator key was created" in result.stderr
+    assert (
+        "rollout=0% (version 1, seed by environment; first start: the default "
+        "(CELERY_ROLLOUT_PERCENTAGE not set))" in result.stderr
+    )
     for chatter in ALEMBIC_CHATTER:
         assert chatter not in result.stderr
 
