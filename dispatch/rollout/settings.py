@@ -13,7 +13,8 @@ from execution.settings import SettingsGroup, split_list, strict_bool
 
 
 class RolloutSettings(SettingsGroup):
-    """USE_CELERY is per process; the percentage only seeds the stored rollout on first start."""
+    """USE_CELERY is per process; percentage and salt reach the stored rollout only when they
+    change (RolloutStore.apply_environment)."""
 
     use_celery: bool = False
     celery_rollout_percentage: Percentage = 0.0
@@ -21,16 +22,6 @@ class RolloutSettings(SettingsGroup):
     rollout_refresh_seconds: Annotated[float, Field(ge=0.05, le=10)] = 0.5
 
     _use_celery_strict = field_validator("use_celery", mode="before")(strict_bool)
-
-    def startup_warnings(self) -> list[str]:
-        """Configurations that are valid but almost certainly not what the operator meant."""
-        warnings = []
-        if self.use_celery and self.celery_rollout_percentage == 0:
-            warnings.append(
-                "USE_CELERY=true but CELERY_ROLLOUT_PERCENTAGE=0: "
-                "NO task will go to Celery; every task runs on threads"
-            )
-        return warnings
 
 
 def parse_schedule(text: str) -> tuple[float, ...]:

@@ -186,14 +186,6 @@ class RolloutStore:
         with self.engine.connect() as conn:
             return _load(conn)
 
-    def seed(self, *, percentage: float, salt: str) -> RolloutState:
-        """Store the environment's starting values once; later starts find them already there."""
-        with self.engine.begin() as conn:
-            _seed(conn, percentage=percentage, salt=salt)
-        state = self.load()
-        assert state is not None
-        return state
-
     def apply_environment(
         self, *, percentage: float, salt: str, percentage_set: bool = True, salt_set: bool = True
     ) -> EnvironmentApplied:

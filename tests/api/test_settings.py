@@ -32,7 +32,6 @@ def test_defaults_are_the_embedded_setup() -> None:
     assert settings.celery_task_soft_time_limit == 1500
     assert settings.tool_modules == ("execution.tools.builtin",)
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
-    assert settings.startup_warnings() == []
 
 
 def test_broker_url_falls_back_to_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,28 +110,6 @@ def test_a_bad_value_never_shows_a_password(monkeypatch: pytest.MonkeyPatch) -> 
 
     assert "DATABASE_URL" in str(raised.value)
     assert "hunter2" not in str(raised.value)
-
-
-def test_celery_on_with_zero_percent_is_warned_about_loudly(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("USE_CELERY", "true")
-    monkeypatch.setenv("CELERY_ROLLOUT_PERCENTAGE", "0")
-
-    (warning,) = load_settings(env_file=None).startup_warnings()
-
-    assert "USE_CELERY=true" in warning
-    assert "NO task will go to Celery" in warning
-
-
-@pytest.mark.parametrize(("use_celery", "percentage"), [("false", "0"), ("true", "0.01")])
-def test_no_warning_when_the_rollout_means_what_it_says(
-    monkeypatch: pytest.MonkeyPatch, use_celery: str, percentage: str
-) -> None:
-    monkeypatch.setenv("USE_CELERY", use_celery)
-    monkeypatch.setenv("CELERY_ROLLOUT_PERCENTAGE", percentage)
-
-    assert load_settings(env_file=None).startup_warnings() == []
 
 
 def test_redacted_settings_mask_every_password(monkeypatch: pytest.MonkeyPatch) -> None:

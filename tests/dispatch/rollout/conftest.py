@@ -26,7 +26,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def rollouts(engine: Engine, clock: Clock) -> RolloutStore:
     """Seeded at 0 %."""
     store = RolloutStore(engine)
-    store.seed(percentage=0, salt="s")
+    store.apply_environment(percentage=0, salt="s")
     return store
 
 

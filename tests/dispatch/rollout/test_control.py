@@ -21,7 +21,7 @@ from tests.helpers import queued_task
 def rollout_store(engine: Engine) -> RolloutStore:
     """Seeded at 5 %."""
     store = RolloutStore(engine)
-    store.seed(percentage=5, salt="s")
+    store.apply_environment(percentage=5, salt="s")
     return store
 
 

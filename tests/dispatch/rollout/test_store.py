@@ -21,7 +21,7 @@ from tests.helpers import wait_until
 def rollout_store(engine: Engine) -> RolloutStore:
     """A rollout store over this test's database, seeded at 5 %."""
     store = RolloutStore(engine)
-    store.seed(percentage=5, salt="s")
+    store.apply_environment(percentage=5, salt="s")
     return store
 
 
@@ -32,13 +32,6 @@ def to(percentage: float) -> Any:
         return current.with_routing({**current.routing(), "percentage": percentage}), None
 
     return apply
-
-
-def test_seeding_twice_keeps_the_first_values(rollout_store: RolloutStore) -> None:
-    again = rollout_store.seed(percentage=80, salt="other")
-    assert (again.version, again.percentage, again.salt) == (1, 5, "s")
-    (event,) = rollout_store.history(limit=10, offset=0)
-    assert (event.action, event.actor) == (RolloutAction.SEED, "environment")
 
 
 def test_a_change_bumps_the_version_and_records_who_why_from_and_to(
