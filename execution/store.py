@@ -368,7 +368,7 @@ class TaskStore:
             Guard.QUEUED_ON,
             backend=from_backend,
             to_status=TaskStatus.QUEUED,
-            message=f"moved from {from_backend} to {to_backend}: {reason}",
+            message=_moved(from_backend, to_backend, reason),
             values={"backend": to_backend},
         )
 
@@ -378,7 +378,7 @@ class TaskStore:
         """Re-route every QUEUED task of `from_backend` (of one tool, if given) in one
         transaction, highest priority first; each move is an event. A rollback's reclaim."""
         now = utcnow()
-        message = f"moved from {from_backend} to {to_backend}: {reason}"
+        message = _moved(from_backend, to_backend, reason)
         query = (
             update(TASKS)
             .where(TASKS.c.status == TaskStatus.QUEUED, TASKS.c.backend == from_backend)
@@ -628,3 +628,8 @@ class TaskStore:
                 "at": at,
             },
         )
+
+
+def _moved(from_backend: str, to_backend: str, reason: str) -> str:
+    """The history line of a task re-routed while it waited."""
+    return f"moved from {from_backend} to {to_backend}: {reason}"
