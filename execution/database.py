@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -10,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from execution.redaction import redact_url
@@ -18,6 +22,8 @@ from execution.redaction import redact_url
 log = structlog.get_logger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# pg_advisory_lock key that serialises migrations across processes ("swyd" in ASCII).
+MIGRATION_LOCK_KEY = 0x73777964
 
 
 class SchemaNotCurrent(Exception):
@@ -62,9 +68,41 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations up to `revision`."""
-    command.upgrade(alembic_config(engine), revision)
+    """Apply migrations up to `revision`, one process at a time."""
+    with migration_lock(engine):
+        command.upgrade(alembic_config(engine), revision)
     log.info("db.upgraded", revision=revision, url=redact_url(str(engine.url)))
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held while migrating: an API and a worker started together must not both build the schema.
+
+    Alembic reads the version table and then runs DDL, so without a lock two processes on a
+    fresh database both see nothing and the second fails on "table already exists".
+    """
+    if engine.url.get_backend_name() == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                conn.commit()
+        return
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    # A file beside the database, like SQLite's own -wal and -shm: flock on the database file
+    # itself would be unsafe, because closing any descriptor of it drops SQLite's POSIX locks.
+    with open(Path(f"{database}-migrate.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def prepare(engine: Engine, *, migrate: bool) -> None:
