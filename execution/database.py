@@ -6,7 +6,6 @@ import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -97,12 +96,10 @@ def migration_lock(engine: Engine) -> Iterator[None]:
         return
     # A file beside the database, like SQLite's own -wal and -shm: flock on the database file
     # itself would be unsafe, because closing any descriptor of it drops SQLite's POSIX locks.
-    with open(Path(f"{database}-migrate.lock"), "a") as lock:
+    # Closing the lock file releases the flock, even on an exception.
+    with open(f"{database}-migrate.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
 
 
 def prepare(engine: Engine, *, migrate: bool) -> None:
