@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.limits import install_request_limits, reject_undeclared_query
-from api.routes import cohorts, rollout, system, tasks
+from api.routes import cohorts, dashboard, rollout, system, tasks
 from api.runtime import Runtime
 from api.schemas import ValidationErrorOut
 
@@ -69,6 +69,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(rollout.router)
     app.include_router(cohorts.router)
     app.include_router(system.router)
+    app.include_router(dashboard.router)
     install_offline_docs(app)
     return app
 
