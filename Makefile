@@ -26,6 +26,7 @@ typecheck: $(STAMP)
 services:
 	@command -v redis-server >/dev/null || sh .ci/apt-install redis-server
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || sh .ci/apt-install postgresql
+	@command -v chromium >/dev/null || sh .ci/apt-install chromium
 
 test: $(STAMP) services lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
