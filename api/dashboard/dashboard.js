@@ -79,12 +79,19 @@
     if (typeof iso !== "string") return "—";
     var d = new Date(iso);
     if (isNaN(d.getTime())) return iso;
-    var day = d.getUTCFullYear() + "-" + two(d.getUTCMonth() + 1) + "-" + two(d.getUTCDate());
     var today = new Date();
     var sameDay = d.getUTCFullYear() === today.getUTCFullYear() &&
       d.getUTCMonth() === today.getUTCMonth() && d.getUTCDate() === today.getUTCDate();
-    // Today: the time to the second; another day: the date and the minute.
+    // Today: the time to the second; another day: month-day and the minute (the cell's title
+    // holds the full timestamp).
+    var day = two(d.getUTCMonth() + 1) + "-" + two(d.getUTCDate());
     return sameDay ? hms(d) : day + " " + two(d.getUTCHours()) + ":" + two(d.getUTCMinutes());
+  }
+
+  function full(iso) {
+    var d = new Date(iso);
+    if (typeof iso !== "string" || isNaN(d.getTime())) return show(iso);
+    return d.getUTCFullYear() + "-" + two(d.getUTCMonth() + 1) + "-" + two(d.getUTCDate()) + " " + hms(d);
   }
 
   function hm(iso) {
@@ -266,7 +273,7 @@
     var by = [];
     if (r.updated_by) by.push("by " + r.updated_by);
     if (r.source) by.push("via " + r.source);
-    if (r.updated_at) by.push("at " + when(r.updated_at) + " UTC");
+    if (r.updated_at) by.push("at " + full(r.updated_at) + " UTC");
     setText("rollout-by", by.join(" "));
     var ov = $("rollout-overrides");
     clear(ov);
@@ -396,8 +403,8 @@
         el("td", { cls: "nowrap", title: show(e.at), text: when(e.at) }),
         el("td", { title: show(e.action), text: show(e.action) }),
         el("td", { title: show(e.actor), text: show(e.actor) }),
-        el("td", { title: change(e), text: change(e) }),
-        el("td", { title: show(e.reason), text: show(e.reason) })
+        el("td", { title: change(e) }, el("div", { cls: "clamp", text: change(e) })),
+        el("td", { title: show(e.reason) }, el("div", { cls: "clamp", text: show(e.reason) }))
       ));
     });
   }
@@ -432,7 +439,7 @@
         el("td", { cls: "mono", title: id, text: id.slice(0, 8) }),
         el("td", { title: show(f.tool_id), text: show(f.tool_id) }),
         el("td", { text: show(f.backend) }),
-        el("td", { title: error, text: error })
+        el("td", { title: error }, el("div", { cls: "clamp", text: error }))
       ));
     });
   }
