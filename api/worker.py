@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from api.runtime import build_executor, recovery, rollout_watcher
 from api.settings import Settings, load_settings
-from backends.celery_app import make_celery_app
+from backends.celery_app import celery_task_fields, make_celery_app, redirect_stdouts
 from backends.celery_tasks import PerProcess, WorkerServices, register_run_task
 from backends.registry import celery_publisher
 from dispatch.recovery import Recovery
@@ -93,13 +93,18 @@ def build_worker_app(settings: Settings, *, registry: ToolRegistry | None = None
     """A Celery app with the run task registered, ready for `worker_main`."""
     tools = registry or load_registry(settings.tool_modules)
     app = make_celery_app(settings, tools)
-    register_run_task(app, PerProcess(lambda: worker_services(settings, tools)))
+    register_run_task(app, PerProcess(lambda: worker_services(settings, tools)), tools)
     sweep = WorkerRecovery(settings, app, tools)
     worker_ready.connect(sweep.start, weak=False)
     worker_shutdown.connect(sweep.stop, weak=False)
 
     def use_our_logging(**_: Any) -> None:
-        configure_logging(level=settings.log_level, json_output=settings.log_json)
+        configure_logging(
+            level=settings.log_level,
+            json_output=settings.log_json,
+            foreign_processors=(celery_task_fields,),
+        )
+        redirect_stdouts(app)
 
     # Connecting a receiver tells Celery not to install its own logging handlers.
     setup_logging.connect(use_our_logging, weak=False)

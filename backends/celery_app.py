@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from typing import Any
 
 import structlog
@@ -15,7 +16,11 @@ from execution.settings import SettingsError
 from execution.tools.registry import ToolRegistry
 
 RUN_TASK = "switchyard.run_task"
-"""The one Celery task: it takes a task_id and runs the TaskExecutor."""
+"""The task an older API published for every tool; workers still run it (rolling upgrades)."""
+
+TOOL_TASK_PREFIX = "switchyard.tool."
+"""Each tool's tasks are published as `switchyard.tool.<tool_id>`, so Flower, `celery inspect`
+and `celery events` show which tool a task runs; every one runs the same TaskExecutor."""
 
 PRIORITY_LEVELS = 10
 
@@ -38,6 +43,16 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, KombuError, 
 def redis_priority(priority: int) -> int:
     """Switchyard's 9-is-highest onto Redis's 0-is-highest priority steps."""
     return PRIORITY_LEVELS - 1 - priority
+
+
+def tool_task_name(tool_id: str) -> str:
+    """The Celery task name a tool's tasks are published under."""
+    return TOOL_TASK_PREFIX + tool_id
+
+
+def task_argsrepr(task_id: str) -> str:
+    """How a message's one argument, the Switchyard task_id, shows in Flower, events, logs."""
+    return f"task_id={task_id}"
 
 
 def queues_of(registry: ToolRegistry) -> list[str]:
@@ -109,11 +124,61 @@ def make_celery_app(settings: CelerySettings, registry: ToolRegistry) -> Celery:
         task_default_queue="default",
         task_default_priority=redis_priority(0),
         worker_concurrency=settings.celery_worker_concurrency,
-        # Our logging config (structlog) stays in charge inside workers.
+        # Our logging config (structlog) stays in charge inside workers; what a tool prints goes
+        # through it too, as INFO lines of `celery.redirected` (Celery's default is WARNING).
         worker_hijack_root_logger=False,
+        worker_redirect_stdouts=True,
+        worker_redirect_stdouts_level="INFO",
     )
     app.steps["worker"].add(PersistenceCheck)
     return app
+
+
+def celery_task_fields(
+    _logger: object, _name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Give Celery's own per-task lines ("received", "succeeded", "raised expected") the
+    Switchyard task_id and tool_id, read from the context Celery attaches to those records."""
+    record = event_dict.get("_record")
+    data = getattr(record, "data", None)
+    if not isinstance(data, dict):
+        return event_dict
+    name = data.get("name")
+    if not isinstance(name, str) or not (name == RUN_TASK or name.startswith(TOOL_TASK_PREFIX)):
+        return event_dict
+    task_id = _task_id_of(data.get("args"))
+    if task_id is not None:
+        event_dict.setdefault("task_id", task_id)
+    if name.startswith(TOOL_TASK_PREFIX):
+        event_dict.setdefault("tool_id", name.removeprefix(TOOL_TASK_PREFIX))
+    event_dict.setdefault("backend", "celery")
+    if data.get("id"):
+        event_dict.setdefault("celery_task_id", data["id"])
+    return event_dict
+
+
+def _task_id_of(argsrepr: object) -> str | None:
+    """The task_id in a message's args as Celery shows them: ours (`task_id=<id>`), or the
+    plain repr an older API's messages carry (`('<id>',)`)."""
+    if not isinstance(argsrepr, str):
+        return None
+    if argsrepr.startswith("task_id="):
+        return argsrepr.removeprefix("task_id=")
+    try:
+        args = ast.literal_eval(argsrepr)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(args, (tuple, list)) and len(args) == 1 and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def redirect_stdouts(app: Celery) -> None:
+    """What `worker_redirect_stdouts` asks for, which Celery skips when a `setup_logging`
+    receiver (ours) configures logging: print() in a tool, and the worker's banner, become log
+    lines of `celery.redirected` through our renderer instead of raw text between them."""
+    if app.conf.worker_redirect_stdouts:
+        app.log.redirect_stdouts(app.conf.worker_redirect_stdouts_level)
 
 
 def redis_persists(client: Any) -> bool | None:

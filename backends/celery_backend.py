@@ -24,9 +24,10 @@ from backends.base import BackendHealth, BackendUnavailable, TaskBackend
 from backends.celery_app import (
     BROKER_ERRORS,
     BROKER_SOCKET_TIMEOUT,
-    RUN_TASK,
     celery_kill_after,
     redis_priority,
+    task_argsrepr,
+    tool_task_name,
     warn_if_no_persistence,
 )
 from execution.records import TaskRecord
@@ -113,7 +114,7 @@ class CircuitBreaker:
 
 
 class CeleryBackend(TaskBackend):
-    """Publishes `switchyard.run_task(task_id)` to the tool's queue with its priority."""
+    """Publishes `switchyard.tool.<tool_id>(task_id)` to the tool's queue with its priority."""
 
     name = "celery"
 
@@ -171,8 +172,9 @@ class CeleryBackend(TaskBackend):
         spec = self._registry[task.tool_id]
         try:
             self._app.send_task(
-                RUN_TASK,
+                tool_task_name(task.tool_id),
                 args=(task.task_id,),
+                argsrepr=task_argsrepr(task.task_id),
                 task_id=task.celery_task_id,
                 queue=spec.queue,
                 priority=redis_priority(task.priority),

@@ -1,4 +1,5 @@
-"""The worker side: registers the one Celery task, which runs the TaskExecutor for a task_id."""
+"""The worker side: registers a Celery task per tool (and the older API's one task name), each
+running the TaskExecutor for a task_id."""
 
 from __future__ import annotations
 
@@ -10,15 +11,27 @@ from dataclasses import dataclass
 import structlog
 from celery import Celery, Task
 
-from backends.celery_app import RUN_TASK
-from execution.executor import TaskExecutor
+from backends.celery_app import RUN_TASK, tool_task_name
+from execution.executor import RunOutcome, TaskExecutor
+from execution.redaction import redact_text
 from execution.status import BackendName
+from execution.tools.registry import ToolRegistry
 
 log = structlog.get_logger(__name__)
 
 HandBack = Callable[[str], str | None]
 """Given a tool id: the backend its Celery tasks must go to instead now, or None to run them.
 Whoever composes the worker decides (the rollout); this module only honours the answer."""
+
+
+FAILURE_TEXT_LIMIT = 500
+"""Characters of the stored error message a failed Celery task's exception carries."""
+
+
+class TaskFailed(Exception):
+    """The task ended FAILED (its tool raised, its time limit passed, ...): the Celery task ends
+    FAILURE with `<ERROR_CODE>: <message>`. Declared in the task's `throws`, so Celery logs it as
+    an expected error, one INFO line without a traceback; the executor already logged why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +42,9 @@ class WorkerServices:
     hand_back_to: HandBack
 
     def run(self, task_id: str, tool_id: str | None) -> str:
-        """Run the task, unless its tool's tasks must leave Celery now: then hand it back."""
+        """Run the task, unless its tool's tasks must leave Celery now: then hand it back.
+        Returns how it went (`completed`, `retrying`, `cancelled`, ...); raises TaskFailed if
+        the task ended FAILED."""
         if tool_id is None:  # a message from a publisher that did not set the header
             record = self.executor.store.get(task_id)
             tool_id = record.tool_id if record else None
@@ -43,7 +58,20 @@ class WorkerServices:
             )
             log.info("task.handed_back", task_id=task_id, tool_id=tool_id, moved=bool(moved))
             return "handed_back"
-        return self.executor.run(task_id, recorded_for=BackendName.CELERY).value
+        outcome = self.executor.run(task_id, recorded_for=BackendName.CELERY)
+        if outcome is RunOutcome.FAILED:
+            raise TaskFailed(self._failure(task_id))
+        return outcome.value
+
+    def _failure(self, task_id: str) -> str:
+        """`<ERROR_CODE>: <message>` as the row stores it, for Celery's task-failed event."""
+        record = self.executor.store.get(task_id)
+        if record is None or record.error_code is None:
+            return "FAILED"
+        text = record.error_code
+        if record.error_message:
+            text += f": {record.error_message}"
+        return redact_text(text[:FAILURE_TEXT_LIMIT])
 
 
 class PerProcess:
@@ -65,10 +93,13 @@ class PerProcess:
             return self._services
 
 
-def register_run_task(app: Celery, services: PerProcess) -> None:
-    """Register `switchyard.run_task`: it takes only the task_id; the row holds the rest."""
+def register_run_task(app: Celery, services: PerProcess, registry: ToolRegistry) -> None:
+    """Register `switchyard.tool.<tool_id>` for every tool, and `switchyard.run_task` for the
+    messages an older API published: each takes only the task_id; the row holds the rest."""
 
-    @app.task(name=RUN_TASK, ignore_result=True, bind=True)
     def run_task(self: Task, task_id: str) -> str:  # type: ignore[type-arg]
         tool_id = getattr(self.request, "switchyard_tool_id", None)
         return services.get().run(task_id, tool_id)
+
+    for name in [RUN_TASK, *(tool_task_name(tool_id) for tool_id in registry)]:
+        app.task(name=name, ignore_result=True, bind=True, throws=(TaskFailed,))(run_task)

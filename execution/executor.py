@@ -82,11 +82,19 @@ def attempts_allowed(task: TaskRecord, tool: Tool, lost_retries: int) -> int:
     return task.attempts_before_retry + 1 + tool.retry.max_retries + lost_retries
 
 
+def _context(task: TaskRecord) -> dict[str, Any]:
+    """What every line about one attempt carries."""
+    return {
+        "task_id": task.task_id,
+        "tool_id": task.tool_id,
+        "backend": task.backend,
+        "attempt": task.attempts,
+    }
+
+
 def _bound(task: TaskRecord) -> Any:
     """The log with what every line about one attempt carries."""
-    return log.bind(
-        task_id=task.task_id, tool_id=task.tool_id, backend=task.backend, attempt=task.attempts
-    )
+    return log.bind(**_context(task))
 
 
 def _storable(text: str) -> str:
@@ -131,7 +139,15 @@ class TaskExecutor:
     def run(self, task_id: str, *, recorded_for: str | None = None) -> RunOutcome:
         """Run the task once if it is QUEUED and due, or its last attempt was lost; a second
         copy of the same task does nothing. With `recorded_for`, only if the row still names
-        that backend: a copy delivered to a backend the task has since left does nothing."""
+        that backend: a copy delivered to a backend the task has since left does nothing.
+
+        Every log line of the call, the tool's and the backend's own included, carries the
+        task_id, and once claimed its tool_id, backend and attempt (structlog contextvars,
+        unbound when the call returns: a pool thread runs many tasks)."""
+        with structlog.contextvars.bound_contextvars(task_id=task_id):
+            return self._claim_and_run(task_id, recorded_for)
+
+    def _claim_and_run(self, task_id: str, recorded_for: str | None) -> RunOutcome:
         for hook in self.hooks:
             hook.before_claim(task_id)
         record = self.store.claim(
@@ -154,6 +170,10 @@ class TaskExecutor:
         # about as much as a status write; the task's INFO line is the one saying how it ended.
         bound.debug("task.claimed")
         run = Run(task=record, tool=None, started=time.monotonic(), soft_time_limit=None)
+        with structlog.contextvars.bound_contextvars(**_context(record)):
+            return self._attempt(run, bound)
+
+    def _attempt(self, run: Run, bound: Any) -> RunOutcome:
         try:
             return self._run_claimed(run, bound)
         except Exception as exc:  # the store or a hook failed mid-run: record it if we still can
@@ -291,10 +311,12 @@ class TaskExecutor:
         bound = _bound(run.task)
         limit = f"{run.time_limit:g}s" if run.time_limit else ""
         failure = Failure(TIME_LIMIT_EXCEEDED, f"hard time limit {limit} exceeded")
-        self._end_failed(run, failure, bound, retryable=True)
+        with structlog.contextvars.bound_contextvars(**_context(run.task)):
+            self._end_failed(run, failure, bound, retryable=True)
 
     def _cancelled(self, run: Run) -> None:
-        self._cancel(run, _bound(run.task))
+        with structlog.contextvars.bound_contextvars(**_context(run.task)):
+            self._cancel(run, _bound(run.task))
 
 
 class _ProgressWriter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -11,8 +12,16 @@ import structlog
 from execution.redaction import redact_text
 
 
-def configure_logging(*, level: str = "INFO", json_output: bool = False) -> None:
-    """Route structlog and the standard library (uvicorn, celery) through one renderer."""
+def configure_logging(
+    *,
+    level: str = "INFO",
+    json_output: bool = False,
+    foreign_processors: Sequence[structlog.typing.Processor] = (),
+) -> None:
+    """Route structlog and the standard library (uvicorn, celery) through one renderer.
+
+    `foreign_processors` run on standard-library records only (after the shared ones), to lift
+    fields out of a library's records (Celery's per-task lines, say)."""
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -37,7 +46,15 @@ def configure_logging(*, level: str = "INFO", json_output: bool = False) -> None
     handler = logging.StreamHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=[
+                *shared,
+                _uvicorn_access_fields,
+                *foreign_processors,
+                _drop_positional_args,
+            ],
+            # A record's arguments, for processors that lift them into fields (uvicorn's
+            # access line); its message is formatted with them either way.
+            pass_foreign_args=True,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if json_output else _identity,
@@ -49,11 +66,41 @@ def configure_logging(*, level: str = "INFO", json_output: bool = False) -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (a library's deprecation, Celery's superuser warning) are log lines too,
+    # not raw text between them.
+    logging.captureWarnings(True)
     # Alembic narrates each migration context at INFO ("Context impl SQLiteImpl."), which every
     # command that opens the database would print; `db.upgraded` says what happened. DEBUG
     # brings its lines back.
     quiet = root.level > logging.DEBUG
     logging.getLogger("alembic").setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
+UVICORN_ACCESS_FIELDS = ("client", "method", "path", "http_version", "status")
+"""What uvicorn.access passes as the arguments of its '%s - "%s %s HTTP/%s" %d' line."""
+
+
+def _uvicorn_access_fields(
+    _logger: object, _name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """An access line keeps its formatted text as the event, with each part as a field too."""
+    record = event_dict.get("_record")
+    args = event_dict.get("positional_args")
+    if (
+        getattr(record, "name", None) == "uvicorn.access"
+        and isinstance(args, tuple)
+        and len(args) == len(UVICORN_ACCESS_FIELDS)
+    ):
+        for key, value in zip(UVICORN_ACCESS_FIELDS, args, strict=True):
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+def _drop_positional_args(
+    _logger: object, _name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    event_dict.pop("positional_args", None)
+    return event_dict
 
 
 def _identity(

@@ -118,6 +118,8 @@ def worker(
         fail(f"cannot start: {type(exc).__name__}: {exc}")
     celery_app.worker_main(
         [
+            # Celery prints its banner straight to the terminal: not a JSON line.
+            *(["--quiet"] if settings.log_json else []),
             "worker",
             f"--queues={queues or ','.join(queues_of(registry))}",
             f"--concurrency={concurrency or settings.celery_worker_concurrency}",

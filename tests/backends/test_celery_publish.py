@@ -24,11 +24,11 @@ from backends.base import BackendHealth, BackendUnavailable
 from backends.celery_app import (
     BROKER_CONNECT_TIMEOUT,
     BROKER_SOCKET_TIMEOUT,
-    RUN_TASK,
     PersistenceCheck,
     make_celery_app,
     redis_persists,
     redis_priority,
+    tool_task_name,
 )
 from backends.celery_backend import (
     BREAKER_COOLDOWN_SECONDS,
@@ -113,7 +113,9 @@ def test_the_message_carries_only_the_task_id_as_json(
     task = dispatcher.submit(NewTask(tool_id="plain", payload={"big": "x" * 100}, user_id="u"))
     (message,) = published(broker, f"default{PRIORITY_SEP}9")
     assert message["content-type"] == "application/json"
-    assert message["headers"]["task"] == RUN_TASK
+    # Each tool's own task name, and the Switchyard task_id as Flower and events show the args.
+    assert message["headers"]["task"] == tool_task_name("plain") == "switchyard.tool.plain"
+    assert message["headers"]["argsrepr"] == f"task_id={task.task_id}"
     assert message["headers"]["id"] == task.celery_task_id
     assert message["headers"]["switchyard_tool_id"] == "plain"
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
