@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import RuntimeDep
 from api.keys import ApiKey, Role
@@ -96,6 +97,23 @@ def authenticate(
 
 
 CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
+def identify(request: Request, runtime: RuntimeDep) -> Caller | None:
+    """The caller of a route that answers without a key too (probes carry none): a missing or
+    invalid key is no caller, never a 401. The header is read directly: the route declares
+    its optional security itself, which the `bearer` dependency would make mandatory."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    try:
+        key = runtime.keys.verify(token.strip())
+    except SQLAlchemyError:  # the database is down: the route reports that, keyless
+        return None
+    return Caller.of(key) if key is not None else None
+
+
+MaybeCallerDep = Annotated[Caller | None, Depends(identify)]
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "More than one Authorization header"},

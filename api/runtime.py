@@ -16,6 +16,7 @@ from api.settings import Settings
 from backends.base import TaskBackend
 from backends.registry import build_backend
 from dispatch.dispatcher import Dispatcher
+from dispatch.health import HealthCheck, HealthCollector
 from dispatch.recovery import Recovery
 from dispatch.rollout.advance import Thresholds
 from dispatch.rollout.control import RolloutControl
@@ -24,6 +25,7 @@ from dispatch.rollout.store import ChangeLimit, RolloutStore
 from dispatch.rollout.watch import RolloutWatcher
 from execution import database
 from execution.executor import ExecutorLimits, TaskExecutor
+from execution.metrics import ExecutorMetrics, Metrics
 from execution.status import BackendName
 from execution.store import TaskStore
 from execution.time_limits import SoftTimeLimit
@@ -37,6 +39,7 @@ def build_executor(
     *,
     store: TaskStore,
     registry: ToolRegistry,
+    metrics: Metrics,
     soft_limit_errors: tuple[type[BaseException], ...] = (),
 ) -> TaskExecutor:
     """The executor every process runs tasks with; `soft_limit_errors` is the backend's own."""
@@ -52,7 +55,7 @@ def build_executor(
             heartbeat_seconds=settings.task_heartbeat_seconds,
             lost_retries=settings.task_lost_retries,
         ),
-        hooks=(SoftTimeLimit(),),
+        hooks=(SoftTimeLimit(), ExecutorMetrics(metrics)),
     )
 
 
@@ -81,6 +84,7 @@ def recovery(
     registry: ToolRegistry,
     backends: dict[str, TaskBackend],
     rollout: RolloutWatcher,
+    metrics: Metrics,
 ) -> Recovery:
     """The recovery sweep of this process (not started); every process may run one. A rollout
     change made elsewhere wakes it: Celery tasks a rollback left behind move to threads then,
@@ -93,6 +97,7 @@ def recovery(
         lost_retries=settings.task_lost_retries,
         republish_after=settings.celery_republish_seconds,
         interval=settings.recovery_sweep_seconds,
+        metrics=metrics,
     )
     rollout.subscribe(lambda _state: sweep.wake())
     return sweep
@@ -113,6 +118,8 @@ class Runtime:
     recovery: Recovery
     rollout_control: RolloutControl
     keys: KeyStore
+    metrics: Metrics
+    health: HealthCheck
     guard: RolloutGuard | None = None
     """Rolls back by itself on a Celery failure breach; only with ROLLOUT_GUARD=true."""
 
@@ -128,7 +135,8 @@ class Runtime:
         engine = database.make_engine(settings.database_url)
         store = TaskStore(engine)
         registry = registry or load_registry(settings.tool_modules)
-        executor = build_executor(settings, store=store, registry=registry)
+        metrics = Metrics()
+        executor = build_executor(settings, store=store, registry=registry, metrics=metrics)
         if backends is None:
             # Threads always (they also run what a rollback hands back); Celery when switched on.
             names = [BackendName.THREAD, *([BackendName.CELERY] if settings.use_celery else [])]
@@ -140,7 +148,15 @@ class Runtime:
             backends=backends,
             rollout=rollout,
             broker_down=settings.celery_unavailable,
+            metrics=metrics,
         )
+        health = HealthCheck(
+            store=store,
+            backends=backends,
+            rollout=rollout,
+            worker_absent_seconds=settings.celery_worker_absent_seconds,
+        )
+        metrics.registry.register(HealthCollector(health, rollout))
         runtime = cls(
             settings=settings,
             engine=engine,
@@ -151,7 +167,12 @@ class Runtime:
             rollout=rollout,
             dispatcher=dispatcher,
             recovery=recovery(
-                settings, store=store, registry=registry, backends=backends, rollout=rollout
+                settings,
+                store=store,
+                registry=registry,
+                backends=backends,
+                rollout=rollout,
+                metrics=metrics,
             ),
             rollout_control=RolloutControl(
                 watcher=rollout,
@@ -164,6 +185,8 @@ class Runtime:
                 reclaimer=dispatcher,
             ),
             keys=KeyStore(engine),
+            metrics=metrics,
+            health=health,
         )
         if settings.rollout_guard:
             runtime.guard = RolloutGuard(

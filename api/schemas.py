@@ -191,11 +191,25 @@ class ToolOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """Whether this process can take and run tasks."""
+    """Whether this process can take and run tasks; states and counts only without a key."""
+
+    status: str = Field(description="ok, or degraded (answered with 503)")
+    reasons: list[str] = Field(description="Why it is degraded; empty when ok")
+    database: str = Field(description="ok or unreachable")
+    backends: dict[str, dict[str, Any]] = Field(
+        description="Per backend: ok, state, its counts (workers, waiting, queue lengths), "
+        "queued (its QUEUED rows) and oldest_waiting_seconds"
+    )
+    detail: dict[str, Any] | None = Field(
+        default=None,
+        description="Operator keys only: broker address, error text, worker names",
+    )
+
+
+class LiveOut(BaseModel):
+    """The process is up and serving."""
 
     status: str
-    database: str
-    backends: dict[str, dict[str, Any]]
 
 
 class ErrorOut(BaseModel):

@@ -12,11 +12,12 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import setup_logging, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_init, worker_ready, worker_shutdown
 from sqlalchemy import Engine
 
 from api.runtime import build_executor, recovery, rollout_watcher
 from api.settings import Settings, load_settings
+from api.worker_metrics import WorkerMetricsServer
 from backends.celery_app import celery_task_fields, make_celery_app, redirect_stdouts
 from backends.celery_tasks import PerProcess, WorkerServices, register_run_task
 from backends.registry import celery_publisher
@@ -24,6 +25,7 @@ from dispatch.recovery import Recovery
 from dispatch.rollout.watch import RolloutWatcher
 from execution import database
 from execution.logs import configure_logging
+from execution.metrics import Metrics
 from execution.settings import SettingsError
 from execution.status import BackendName
 from execution.store import TaskStore
@@ -37,6 +39,9 @@ def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerService
         settings,
         store=TaskStore(engine),
         registry=registry,
+        # Built here, in the child after the fork: in multiprocess mode its values go to this
+        # process's own files (see api/worker_metrics.py).
+        metrics=Metrics(),
         soft_limit_errors=(SoftTimeLimitExceeded,),
     )
     # Workers honour the stored rollout only: USE_CELERY is the switch of the processes that
@@ -76,6 +81,7 @@ class WorkerRecovery:
             registry=self._registry,
             backends={BackendName.CELERY: celery},
             rollout=self._rollout,
+            metrics=Metrics(),
         )
         self._recovery.start()
 
@@ -97,6 +103,10 @@ def build_worker_app(settings: Settings, *, registry: ToolRegistry | None = None
     sweep = WorkerRecovery(settings, app, tools)
     worker_ready.connect(sweep.start, weak=False)
     worker_shutdown.connect(sweep.stop, weak=False)
+    metrics = WorkerMetricsServer(settings)
+    worker_init.connect(metrics.prepare, weak=False)
+    worker_ready.connect(metrics.start, weak=False)
+    worker_shutdown.connect(metrics.stop, weak=False)
 
     def use_our_logging(**_: Any) -> None:
         configure_logging(

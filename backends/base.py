@@ -27,7 +27,12 @@ class BackendHealth:
     """A backend's own account of whether it can take work."""
 
     ok: bool
+    state: str = "ok"
+    """One word for probes and dashboards: ok, saturated, stopped, broker_down, ..."""
+    counts: dict[str, object] = field(default_factory=dict)
+    """Numbers anyone may see: workers, tasks waiting, queue lengths."""
     detail: dict[str, object] = field(default_factory=dict)
+    """What only operators see: addresses, error text, worker names."""
 
 
 class TaskBackend(ABC):

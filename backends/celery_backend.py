@@ -25,6 +25,7 @@ from backends.celery_app import (
     BROKER_ERRORS,
     BROKER_SOCKET_TIMEOUT,
     celery_kill_after,
+    queues_of,
     redis_priority,
     task_argsrepr,
     tool_task_name,
@@ -39,9 +40,18 @@ log = structlog.get_logger(__name__)
 HEALTH_CACHE_SECONDS = 2.0
 """How long one probe's answer serves every /health request."""
 
-PROBE_WAIT_SECONDS = 1.0
+HEALTH_STALE_SECONDS = 5.0
+"""Past the cache, a probe's answer still serves while the next probe runs, for this long
+after it was given: requests never wait for a routine refresh (a ping takes about a second),
+and a broker that hangs shows as down once its last answer is this old."""
+
+PROBE_WAIT_SECONDS = 2.0
 """How long a /health request waits for the probe in flight before answering "not ok": a broker
 that has not answered a PING in this long is not one to send work to."""
+
+WORKER_PING_SECONDS = 0.5
+"""How long a probe collects the workers' answers to a ping. A worker's main process answers
+even while its children run long tasks, on a loaded machine in milliseconds."""
 
 PUBLISH_BUDGET_SECONDS = 3.0
 """A publish retries (a refused or reset connection) only while one more attempt, bounded by
@@ -133,6 +143,7 @@ class CeleryBackend(TaskBackend):
         pool_limit = app.conf.broker_pool_limit  # None or 0: kombu does not limit the pool
         self._slots = threading.BoundedSemaphore(pool_limit) if pool_limit else None
         self._health: tuple[float, BackendHealth] | None = None
+        self._worker_seen = time.monotonic()  # counted from startup: no worker yet is no alarm
         self._probing: tuple[float, threading.Event] | None = None
         self._health_lock = threading.Lock()  # guards the two fields above; never held on I/O
 
@@ -219,10 +230,12 @@ class CeleryBackend(TaskBackend):
             )
 
     def health(self) -> BackendHealth:
-        """The last probe's answer while fresh; else wait briefly for the one probe in flight
-        (started here if none is), so requests never queue behind a hung broker."""
+        """The last probe's answer while fresh; else start the next probe (one at a time) and
+        answer the last one while it is not stale, or wait briefly for the new one, so requests
+        never queue behind a hung broker."""
         with self._health_lock:
-            if self._health and time.monotonic() - self._health[0] < HEALTH_CACHE_SECONDS:
+            age = time.monotonic() - self._health[0] if self._health else None
+            if self._health and age is not None and age < HEALTH_CACHE_SECONDS:
                 return self._health[1]
             if self._probing is None:
                 self._probing = (time.monotonic(), threading.Event())
@@ -233,12 +246,16 @@ class CeleryBackend(TaskBackend):
                     daemon=True,
                 ).start()
             started, done = self._probing
+            if self._health and age is not None and age < HEALTH_STALE_SECONDS:
+                return self._health[1]
         done.wait(max(0.0, PROBE_WAIT_SECONDS - (time.monotonic() - started)))
         with self._health_lock:
             if self._health and self._health[0] >= started:
                 return self._health[1]
         return BackendHealth(
             ok=False,
+            state="broker_down",
+            counts=self._worker_counts(0),
             detail={
                 "broker": self._broker(),
                 "error": f"no answer within {PROBE_WAIT_SECONDS:g} s",
@@ -278,15 +295,39 @@ class CeleryBackend(TaskBackend):
             self._failed(f"health probe failed: {report.detail.get('error')}")
 
     def _probe(self) -> BackendHealth:
+        """Connect, count each queue's messages, and ping the workers."""
         try:
             with self._app.connection_for_write() as conn:
                 # No retry: one connect and PING, each bounded by the broker timeouts.
                 conn.ensure_connection(max_retries=0)
+                channel: Any = conn.default_channel
+                # A non-passive declare on Redis creates nothing; it answers the length
+                # summed over the queue's priority sub-queues.
+                queues = {
+                    name: int(channel.queue_declare(queue=name).message_count)
+                    for name in queues_of(self._registry)
+                }
+                answers = self._app.control.ping(timeout=WORKER_PING_SECONDS, connection=conn)
         except Exception as exc:  # a probe reports every failure; it runs on its own thread
             return BackendHealth(
-                ok=False, detail={"broker": self._broker(), "error": redact_text(str(exc))}
+                ok=False,
+                state="broker_down",
+                counts=self._worker_counts(0),
+                detail={"broker": self._broker(), "error": redact_text(str(exc))},
             )
-        return BackendHealth(ok=True, detail={"broker": self._broker()})
+        workers = sorted(name for answer in answers or () for name in answer)
+        if workers:
+            self._worker_seen = time.monotonic()
+        return BackendHealth(
+            ok=True,
+            state="ok" if workers else "no_workers",
+            counts={**self._worker_counts(len(workers)), "queues": queues},
+            detail={"broker": self._broker(), "workers": workers},
+        )
+
+    def _worker_counts(self, answered: int) -> dict[str, object]:
+        absent = 0.0 if answered else time.monotonic() - self._worker_seen
+        return {"workers": answered, "workers_absent_seconds": round(absent, 1)}
 
     def _broker(self) -> str:
         return redact_url(str(self._app.conf.broker_url))

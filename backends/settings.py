@@ -34,6 +34,11 @@ class CelerySettings(SettingsGroup):
     celery_task_soft_time_limit: Annotated[int, Field(ge=1)] = 1500
     celery_visibility_timeout: Annotated[int, Field(ge=1)] = 3600
     celery_publish_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    celery_worker_absent_seconds: Annotated[float, Field(ge=1, le=86_400)] = 30.0
+    """While the rollout sends tasks to Celery and no worker has answered a ping for this
+    long, /health answers 503 degraded."""
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
+    """Where a worker serves /metrics for its processes (on HOST); 0 turns it off."""
 
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Self:

@@ -150,15 +150,25 @@ class ThreadPoolBackend(TaskBackend):
             log.info("backend.stopped", backend=self.name, unstarted_left_queued=left)
 
     def health(self) -> BackendHealth:
+        """Saturated when its queue is full: new tasks for it are refused until it drains."""
         with self._lock:
             alive = sum(thread.is_alive() for thread in self._threads)
+            running, accepting = self._running, self._accepting
+        waiting = max(0, self._queue.qsize())
+        if not accepting or alive < self._workers:
+            state = "stopped" if not accepting else "threads_missing"
+        elif waiting >= self._capacity:
+            state = "saturated"
+        else:
+            state = "ok"
         return BackendHealth(
-            ok=self._accepting and alive == self._workers,
-            detail={
+            ok=state == "ok",
+            state=state,
+            counts={
                 "workers": self._workers,
                 "alive": alive,
-                "running": self._running,
-                "waiting": max(0, self._queue.qsize()),
+                "running": running,
+                "waiting": waiting,
                 "capacity": self._capacity,
             },
         )

@@ -15,6 +15,7 @@ from backends.base import BackendFull, BackendUnavailable, TaskBackend
 from dispatch.rollout.policy import RolloutPolicy, RoutingDecision, Stickiness, route
 from dispatch.rollout.watch import RolloutSource
 from dispatch.settings import BrokerDown
+from execution.metrics import Metrics
 from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
 from execution.store import TaskStore
@@ -93,8 +94,10 @@ class Dispatcher:
         backends: Mapping[str, TaskBackend],
         rollout: RolloutSource,
         broker_down: BrokerDown = BrokerDown.REJECT,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.registry = registry
         self.backends = backends
         self.rollout = rollout
@@ -117,8 +120,9 @@ class Dispatcher:
             if existing is not None:
                 return existing, True
         task_id = str(uuid.uuid4())
+        policy = self.rollout.current()
         decision = route_task(
-            self.rollout.current(), user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
+            policy, user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
         )
         backend = self._backend(decision.backend)
         backend.check_capacity()
@@ -144,6 +148,9 @@ class Dispatcher:
         # Handed over only now, after the QUEUED row is committed: a worker that picks the
         # task up at once always finds it.
         queued = self._hand_over(backend, queued)
+        if self.metrics is not None:
+            reason = policy.reason_for(spec.tool_id)
+            self.metrics.dispatch.labels(decision.backend, reason).inc()
         # DEBUG: the row and its QUEUED event record the routing; a task's one INFO line is the
         # executor's, saying how it ended (an INFO line costs about as much as a status write).
         log.debug(

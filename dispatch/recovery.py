@@ -28,6 +28,7 @@ from backends.base import BackendUnavailable, TaskBackend
 from dispatch.dispatcher import reclaim_from_celery, route_task
 from dispatch.rollout.watch import RolloutSource
 from execution.executor import WORKER_LOST, attempts_allowed
+from execution.metrics import Metrics
 from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
 from execution.store import TaskStore
@@ -66,7 +67,9 @@ class Recovery:
         lost_retries: int,
         republish_after: float,
         interval: float,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._registry = registry
         self._backends = backends
@@ -108,7 +111,17 @@ class Recovery:
             failed += outcome is TaskStatus.FAILED
             cancelled += outcome is TaskStatus.CANCELLED
         handed_back = self._hand_back()
-        return SweepReport(requeued, failed, cancelled, self._publish_waiting(), handed_back)
+        report = SweepReport(requeued, failed, cancelled, self._publish_waiting(), handed_back)
+        actions = self._metrics.recoveries
+        for action, count in (
+            ("requeued", report.requeued),
+            ("failed", report.failed),
+            ("cancelled", report.cancelled),
+            ("handed_back", report.handed_back),
+        ):
+            if count:
+                actions.labels(action).inc(count)
+        return report
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
@@ -129,6 +142,7 @@ class Recovery:
 
     def _recover(self, task: TaskRecord) -> TaskStatus | None:
         lost = f"attempt {task.attempts} lost its worker ({task.lease_owner}; lease expired)"
+        self._metrics.lease_expiries.labels(task.backend or "none").inc()
         if task.cancel_requested_at is not None:
             ended = self._store.end_lost(
                 task.task_id,
@@ -137,6 +151,8 @@ class Recovery:
                 error_code=None,
                 reason=f"cancelled: {lost}",
             )
+            if ended:
+                self._ended(task, "cancelled")
             return TaskStatus.CANCELLED if ended else None
         tool = self._registry.get(task.tool_id)
         if tool is None or task.attempts >= attempts_allowed(task, tool, self._lost_retries):
@@ -148,6 +164,7 @@ class Recovery:
                 reason=f"{lost}, and no attempts are left",
             )
             if ended:
+                self._ended(task, "failed")
                 log.warning(
                     "task.worker_lost",
                     task_id=task.task_id,
@@ -185,6 +202,10 @@ class Recovery:
             self._hand_over(backend, requeued)
         return TaskStatus.QUEUED
 
+    def _ended(self, task: TaskRecord, outcome: str) -> None:
+        """A lost attempt ended the task: it counts as the executor's outcomes do."""
+        self._metrics.tasks.labels(task.backend or "none", task.tool_id, outcome).inc()
+
     def _hand_back(self) -> int:
         policy = self._rollout.current()
         if policy.version == 0:
@@ -212,6 +233,7 @@ class Recovery:
             backend=BackendName.CELERY, republish_after=self._republish_after, limit=BATCH
         )
         for task in waiting:
+            action = "published" if task.dispatched_at is None else "republished"
             if task.dispatched_at is None:
                 reason = "published to celery"
             else:
@@ -230,6 +252,7 @@ class Recovery:
                 continue  # another process took this one
             if not self._hand_over(celery, turn):
                 break  # the broker is down: the next round tries again
+            self._metrics.recoveries.labels(action).inc()
             published += 1
         return published
 

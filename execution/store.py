@@ -12,12 +12,15 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    case,
     func,
     or_,
     select,
+    type_coerce,
     update,
 )
 
+from execution.models import UTCDateTime
 from execution.records import TASKS, TaskEvent, TaskRecord
 from execution.status import TaskStatus
 from execution.task_statements import (
@@ -49,6 +52,21 @@ class TaskFilter:
     tool_id: str | None = None
     backend: str | None = None
     user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The QUEUED tasks of one backend."""
+
+    queued: int
+    oldest_due: datetime | None
+    """When the longest-waiting due task became due; None if none is due."""
+
+    def oldest_age(self, now: datetime) -> float | None:
+        """Seconds the longest-waiting due task has waited."""
+        if self.oldest_due is None:
+            return None
+        return max(0.0, (now - self.oldest_due).total_seconds())
 
 
 class TaskStore:
@@ -558,6 +576,27 @@ class TaskStore:
         )
         with self.engine.connect() as conn:
             return {(str(b), str(t)): int(n) for b, t, n in conn.execute(query)}
+
+    def waiting(self) -> dict[str, Waiting]:
+        """Per backend: its QUEUED tasks, and since when the longest-waiting due one is due
+        (a task in its retry backoff is queued but not yet waiting)."""
+        now = utcnow()
+        due_since = func.coalesce(TASKS.c.run_after, TASKS.c.queued_at, TASKS.c.created_at)
+        query = (
+            select(
+                TASKS.c.backend,
+                func.count(),
+                type_coerce(func.min(case((due_since <= now, due_since))), UTCDateTime),
+            )
+            .where(TASKS.c.status == TaskStatus.QUEUED)
+            .group_by(TASKS.c.backend)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {
+            str(backend): Waiting(queued=int(count), oldest_due=oldest)
+            for backend, count, oldest in rows
+        }
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -1,20 +1,21 @@
-"""/tools and /health: what this process can run, and whether it can take work.
+"""/tools, /health and /metrics: what this process can run, whether it can take work, and
+what it has done.
 
-/health answers without a key: load balancers and probes carry none, and it shows counts and
-states only, never a URL, a user or a task.
+/health answers without a key: load balancers and probes carry none, and then it shows counts
+and states only, never an address, an error's text, a user or a task.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.auth import UNAUTHORIZED, authenticate
+from api.auth import UNAUTHORIZED, MaybeCallerDep, OperatorDep, authenticate
 from api.deps import RuntimeDep
-from api.schemas import HealthOut, ToolOut
+from api.schemas import ErrorOut, HealthOut, LiveOut, ToolOut
 
 router = APIRouter(tags=["system"])
 
@@ -40,21 +41,50 @@ def list_tools(runtime: RuntimeDep) -> list[ToolOut]:
     ]
 
 
-@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
-def health(runtime: RuntimeDep) -> HealthOut | JSONResponse:
-    """200 when the database answers and every backend can take work, else 503."""
-    try:
-        with runtime.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        database = "ok"
-    except Exception as exc:
-        database = f"unreachable: {type(exc).__name__}"
-    backends = {}
-    for name, backend in runtime.backends.items():
-        report = backend.health()
-        backends[name] = {"ok": report.ok, **report.detail}
-    healthy = database == "ok" and all(b["ok"] for b in backends.values())
-    body = HealthOut(status="ok" if healthy else "degraded", database=database, backends=backends)
-    if healthy:
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut}},
+    # The key is optional: `{}` is OpenAPI for "no credentials" (probes carry none).
+    openapi_extra={"security": [{}, {"ApiKey": []}]},
+)
+def health(runtime: RuntimeDep, caller: MaybeCallerDep) -> HealthOut | JSONResponse:
+    """200 when this process can take work and what it sends somewhere will run; else 503.
+
+    Readiness, for a load balancer: the database, every backend's own probe (answered from a
+    cache, so a dead broker costs at most a second), and Celery workers while the rollout
+    sends tasks there. An operator key adds the detail (broker address, errors, worker names).
+    """
+    report = runtime.health.report()
+    body = HealthOut(
+        status=report.status,
+        reasons=report.reasons,
+        database=report.database,
+        backends=report.backends,
+        detail=report.detail if caller is not None and caller.is_operator else None,
+    )
+    if report.ok:
         return body
-    return JSONResponse(status_code=503, content=body.model_dump())
+    return JSONResponse(status_code=503, content=body.model_dump(exclude_none=True))
+
+
+@router.get("/health/live", response_model=LiveOut)
+def live() -> LiveOut:
+    """Liveness: the process serves HTTP. It asks neither the database nor Redis, so an
+    outage of either never gets a healthy process restarted."""
+    return LiveOut(status="alive")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        **UNAUTHORIZED,
+        403: {"model": ErrorOut, "description": "Not an operator key"},
+    },
+)
+def metrics(runtime: RuntimeDep, _: OperatorDep) -> Response:
+    """This process's Prometheus metrics (tasks it dispatched and ran on threads, queue
+    depths, health, the rollout in force). Each worker serves its own (WORKER_METRICS_PORT)."""
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -120,6 +120,16 @@ class RolloutPolicy:
             return self.tool_overrides[tool_id]
         return self.percentage
 
+    def reason_for(self, tool_id: str | None) -> str:
+        """Why a task of `tool_id` goes where it goes, as the dispatch metric labels it."""
+        if not self.use_celery:
+            return "switch_off"
+        if tool_id is not None and tool_id in self.tool_overrides:
+            return "tool_override"
+        if self.stickiness is Stickiness.USER_ID:
+            return "user_stickiness"
+        return "bucket"
+
     def hand_back_to(self, tool_id: str) -> BackendName | None:
         """Where a Celery task of this tool must go instead (Celery switched off), or None."""
         return BACKEND_WHEN_SWITCHED_OFF if self.share_for(tool_id) == 0 else None

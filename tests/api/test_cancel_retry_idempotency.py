@@ -129,7 +129,7 @@ def action(api: ApiUnderTest, who: Keyholder, task_id: str, verb: str) -> httpx.
 
 def idle(api: ApiUnderTest) -> bool:
     """Whether no worker of the pool is inside `TaskExecutor.run`."""
-    return api.backend.health().detail["running"] == 0
+    return api.backend.health().counts["running"] == 0
 
 
 def stored(api: ApiUnderTest, task_id: str) -> TaskRecord:
@@ -231,8 +231,8 @@ def test_cancel_of_a_waiting_task_is_200_and_its_tool_never_runs(
     tools.release.set()
     assert finished(api, alice, first)["status"] == "COMPLETED"
     # The worker takes the cancelled task off its queue next; the claim refuses it.
-    wait_until(lambda: api.backend.health().detail["waiting"] == 0, what="the queue to empty")
-    wait_until(lambda: api.backend.health().detail["running"] == 0, what="the worker to idle")
+    wait_until(lambda: api.backend.health().counts["waiting"] == 0, what="the queue to empty")
+    wait_until(lambda: api.backend.health().counts["running"] == 0, what="the worker to idle")
     assert waiting not in tools.started
     assert get(api, alice, waiting)["status"] == "CANCELLED"
 

@@ -86,6 +86,9 @@ def test_health_shows_the_thread_pool(served: TestClient) -> None:
     assert body["status"] == "ok"
     assert body["backends"]["thread"] | {"running": 0, "waiting": 0} == {
         "ok": True,
+        "state": "ok",
+        "queued": 0,
+        "oldest_waiting_seconds": None,
         "workers": 1,
         "alive": 1,
         "running": 0,

@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.testing import capture_logs
 
 from api.settings import Settings
+from backends import celery_backend
 from backends.base import BackendHealth, BackendUnavailable
 from backends.celery_app import (
     BROKER_CONNECT_TIMEOUT,
@@ -526,10 +527,36 @@ def test_a_failed_probe_spares_the_next_publishes_the_wait(
         backend.submit(celery_task(store))
 
 
-def test_health_reports_a_live_broker(backend: CeleryBackend) -> None:
+def test_health_reports_a_live_broker_its_queues_and_the_workers_that_answered(
+    backend: CeleryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fakeredis runs no Lua, which kombu's broadcast needs: the workers' answers are given
+    # here (tests/integration/test_health_and_metrics.py pings real workers).
+    answers = [{"w2@host": {"ok": "pong"}}, {"w1@host": {"ok": "pong"}}]
+    monkeypatch.setattr(backend._app.control, "ping", lambda **_: answers)
+
     report = backend.health()
-    assert report.ok is True
-    assert report.detail == {"broker": "redis://127.0.0.1:6379/0"}
+
+    assert (report.ok, report.state) == (True, "ok")
+    assert report.counts["workers"] == 2
+    assert report.counts["workers_absent_seconds"] == 0.0
+    assert set(report.counts["queues"]) == {"default"} | {  # type: ignore[call-overload]
+        spec.queue for spec in backend._registry.values()
+    }
+    assert report.detail == {
+        "broker": "redis://127.0.0.1:6379/0",
+        "workers": ["w1@host", "w2@host"],
+    }
+
+
+def test_health_says_no_workers_when_none_answers(
+    backend: CeleryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend._app.control, "ping", lambda **_: [])
+
+    report = backend.health()
+
+    assert (report.ok, report.state, report.counts["workers"]) == (True, "no_workers", 0)
 
 
 # --- Startup: say when Redis would lose queued tasks ------------------------------------------
@@ -588,3 +615,32 @@ def test_startup_warns_when_redis_has_no_persistence(
 def test_a_worker_checks_persistence_when_it_starts(registry: ToolRegistry) -> None:
     app = make_celery_app(Settings(_env_file=None), registry)
     assert PersistenceCheck in app.steps["worker"]
+
+
+def test_health_answers_the_last_probe_while_the_next_runs_until_it_is_stale(
+    backend: CeleryBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(celery_backend, "HEALTH_CACHE_SECONDS", 0.0)  # every call probes again
+    monkeypatch.setattr(celery_backend, "HEALTH_STALE_SECONDS", 0.5)
+    monkeypatch.setattr(backend._app.control, "ping", lambda **_: [{"w@h": {"ok": "pong"}}])
+    assert backend.health().ok
+    release = threading.Event()
+
+    def hung_probe() -> BackendHealth:
+        release.wait(WAIT_SECONDS)
+        return BackendHealth(ok=True)
+
+    monkeypatch.setattr(backend, "_probe", hung_probe)
+    try:
+        # A probe hangs: the last answer serves at once...
+        assert backend.health().counts["workers"] == 1
+
+        # ...until it is stale: then the broker counts as down
+        def down_now() -> BackendHealth | None:
+            report = backend.health()
+            return None if report.ok else report
+
+        down = wait_until(down_now, what="the last answer to go stale")
+        assert (down.state, down.detail["error"]) == ("broker_down", "no answer within 2 s")
+    finally:
+        release.set()

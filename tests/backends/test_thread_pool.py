@@ -62,7 +62,7 @@ def test_a_failing_tool_does_not_cost_the_pool_a_worker(
 
     _wait_for(store, [after], TaskStatus.COMPLETED)
     assert _status(store, failing) is TaskStatus.FAILED
-    assert backend.health().detail["alive"] == 1
+    assert backend.health().counts["alive"] == 1
 
 
 def test_a_tool_calling_sys_exit_does_not_cost_the_pool_a_worker(
@@ -75,7 +75,7 @@ def test_a_tool_calling_sys_exit_does_not_cost_the_pool_a_worker(
     backend.submit(after)
 
     _wait_for(store, [after], TaskStatus.COMPLETED)
-    assert backend.health().detail["alive"] == 1
+    assert backend.health().counts["alive"] == 1
 
 
 def test_the_highest_priority_runs_first_then_first_come_first_served(
@@ -133,7 +133,7 @@ def test_shutdown_finishes_running_tasks_and_leaves_the_rest_queued_for_a_restar
     stopper = threading.Thread(target=backend.shutdown, kwargs={"timeout": WAIT_SECONDS})
     stopper.start()
     # Two tasks and the worker's stop marker: the marker is in, so opening the gate is safe.
-    wait_until(lambda: backend.health().detail["waiting"] == 3, what="shutdown to begin")
+    wait_until(lambda: backend.health().counts["waiting"] == 3, what="shutdown to begin")
     with pytest.raises(BackendFull, match="shutting down"):
         backend.submit(queued_task(store))
     gate.open()
@@ -142,7 +142,7 @@ def test_shutdown_finishes_running_tasks_and_leaves_the_rest_queued_for_a_restar
     assert not stopper.is_alive()
     assert _status(store, blocker) is TaskStatus.COMPLETED
     assert (_status(store, low), _status(store, high)) == (TaskStatus.QUEUED, TaskStatus.QUEUED)
-    assert backend.health().detail["alive"] == 0
+    assert backend.health().counts["alive"] == 0
 
     thread_backends(workers=1)  # a restarted process: recovers what was left QUEUED
 
@@ -169,11 +169,11 @@ def test_health_reports_workers_and_whether_it_takes_work(
     backend = thread_backends(workers=2, capacity=7)
 
     report = backend.health()
-    assert report.ok
-    assert report.detail == {"workers": 2, "alive": 2, "running": 0, "waiting": 0, "capacity": 7}
+    assert (report.ok, report.state) == (True, "ok")
+    assert report.counts == {"workers": 2, "alive": 2, "running": 0, "waiting": 0, "capacity": 7}
 
     backend.shutdown(timeout=WAIT_SECONDS)
-    assert not backend.health().ok
+    assert (backend.health().ok, backend.health().state) == (False, "stopped")
 
 
 def test_a_hung_tool_past_its_hard_limit_gives_its_slot_back(
@@ -194,7 +194,7 @@ def test_a_hung_tool_past_its_hard_limit_gives_its_slot_back(
     assert record.error_code == "TIME_LIMIT_EXCEEDED"
     health = pool.health()
     assert health.ok
-    assert (health.detail["workers"], health.detail["alive"]) == (1, 1)
+    assert (health.counts["workers"], health.counts["alive"]) == (1, 1)
 
 
 def test_a_shutdown_that_times_out_releases_running_tasks_to_recovery(

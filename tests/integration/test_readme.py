@@ -59,7 +59,11 @@ TOUR_FACTS = [
     (0, '{"name":"founded","type":"integer","nulls":1,"non_null":2,"min":-43,"max":640}'),
     (2, '{"use_celery":false,"percentage":0.0,"effective_percentage":0.0'),
     (2, '"explanation":"USE_CELERY is false: every new task runs on the thread backend"'),
-    (3, '{"status":"ok","database":"ok","backends":{"thread":{"ok":true,"workers":8'),
+    (
+        3,
+        '{"status":"ok","reasons":[],"database":"ok",'
+        '"backends":{"thread":{"ok":true,"state":"ok","workers":8',
+    ),
     (
         4,
         '{"detail":"unknown tool \'profile_csv\'; '

@@ -64,7 +64,8 @@ def start_worker(
         f"--pool={pool}",
         f"--hostname={hostname}",
     ]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}
+    # No metrics port unless a test asks: two workers of one test would want the same one.
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WORKER_METRICS_PORT": "0", **env}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
