@@ -52,11 +52,18 @@ def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
         response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the API at {client.base_url}: {exc}")
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        wait = response.headers.get("Retry-After")
-        fail(f"{response.status_code}: {detail}" + (f" (retry after {wait} s)" if wait else ""))
+    fail_on_error(response)
     return response.json()
+
+
+def fail_on_error(response: httpx.Response) -> None:
+    """Exit with one line (status and detail) if `response` is an error; a streamed one is read."""
+    if response.status_code < 400:
+        return
+    response.read()
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    wait = response.headers.get("Retry-After")
+    fail(f"{response.status_code}: {detail}" + (f" (retry after {wait} s)" if wait else ""))

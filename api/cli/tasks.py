@@ -4,17 +4,38 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
 import typer
+from httpx_sse import SSEError, connect_sse
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from api.cli.client import DEFAULT_API_URL, ApiKeyOption, UrlOption, api_client, call_api
+from api.cli.client import (
+    DEFAULT_API_URL,
+    ApiKeyOption,
+    UrlOption,
+    api_client,
+    call_api,
+    fail_on_error,
+)
 from api.cli.console import err, fail, out, print_table
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+
+STREAM_ATTEMPTS = 4
+"""Broken task streams in a row before following a task falls back to polling GET /tasks/{id}."""
+
+STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)
+"""A quiet stream still gets a `: ping` every 15 s; a minute without a byte means it is gone."""
+
+STREAM_BACKOFF_SECONDS = 0.5
+"""The wait before opening a broken stream again, doubled at each break in a row."""
+
+POLL_SECONDS = 0.3
+"""How often a task is read while following it without its stream."""
 
 
 def submit(
@@ -49,12 +70,21 @@ def submit(
 
 def status(
     task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", help="Show a progress bar until the task ends; exit 1 unless COMPLETED."
+        ),
+    ] = False,
     url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Show a task's status, progress and result."""
+    """Show a task's status, progress and result; with --follow, once it has ended."""
     with api_client(url, api_key) as client:
-        _print_task(call_api(client, "GET", f"/tasks/{task_id}"))
+        task = _follow(client, task_id) if follow else call_api(client, "GET", f"/tasks/{task_id}")
+    _print_task(task)
+    if follow and task["status"] != "COMPLETED":
+        raise typer.Exit(1)
 
 
 def cancel(
@@ -131,24 +161,74 @@ def count_tasks(
 
 
 def _follow(client: httpx.Client, task_id: str) -> Any:
+    """The task once it has ended, after a progress bar on stderr while it runs."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=True) as bar:
+    # Into a pipe a transient bar shows nothing but leaves a blank line: none at all there.
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         handle = bar.add_task("queued", total=100)
-        while True:
-            task = call_api(client, "GET", f"/tasks/{task_id}")
+
+        def show(task: dict[str, Any]) -> None:
             bar.update(
                 handle,
                 completed=task["progress"],
                 description=f"{task['status']}: {task['message'] or ''}"[:60],
             )
-            if task["status"] in TERMINAL:
-                return task
-            time.sleep(0.3)
+
+        if not _watch_stream(client, task_id, show):
+            while (task := call_api(client, "GET", f"/tasks/{task_id}"))["status"] not in TERMINAL:
+                show(task)
+                time.sleep(POLL_SECONDS)
+    # The events carry no result: the whole task, once, to print it.
+    return call_api(client, "GET", f"/tasks/{task_id}")
+
+
+def _watch_stream(
+    client: httpx.Client, task_id: str, show: Callable[[dict[str, Any]], None]
+) -> bool:
+    """Pass each state of the task's event stream to `show`; True once it showed the end.
+
+    A stream that breaks (a server restart, the network) is opened again, up to
+    STREAM_ATTEMPTS times in a row; False then, or at once from a server without the stream
+    (404: a missing task gets its own 404 from GET), and the caller polls instead.
+    """
+    broken = 0
+    while broken < STREAM_ATTEMPTS:
+        try:
+            with connect_sse(
+                client, "GET", f"/tasks/{task_id}/stream", timeout=STREAM_TIMEOUT
+            ) as source:
+                if source.response.status_code == 404:
+                    return False
+                if source.response.status_code < 500:
+                    fail_on_error(source.response)  # 401, 422: asking again changes nothing
+                source.response.raise_for_status()  # 5xx: a restart under way, perhaps
+                for event in source.iter_sse():
+                    if event.event != "task":
+                        continue  # `timeout`: the server's bound on a stream; reconnect
+                    task = event.json()
+                    broken = 0
+                    show(task)
+                    if task["status"] in TERMINAL:
+                        return True
+        except (httpx.HTTPError, SSEError, ValueError, KeyError, TypeError) as exc:
+            # A broken stream, a proxy's page, a garbled event: one line of what it was.
+            problem = str(exc).partition("\n")[0] or type(exc).__name__
+        else:
+            problem = "it ended before the task did"
+        broken += 1
+        if broken < STREAM_ATTEMPTS:
+            time.sleep(STREAM_BACKOFF_SECONDS * 2 ** (broken - 1))
+    err.print(
+        f"warning: the task's event stream broke ({problem}); polling",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return False
 
 
 def _print_task(task: dict[str, Any]) -> None:
