@@ -141,6 +141,7 @@ class Runtime:
             # Threads always (they also run what a rollback hands back); Celery when switched on.
             names = [BackendName.THREAD, *([BackendName.CELERY] if settings.use_celery else [])]
             backends = {name: build_backend(name, settings, executor) for name in names}
+        metrics.expect(backends, registry)
         rollout = rollout_watcher(settings, engine, use_celery=settings.use_celery)
         dispatcher = Dispatcher(
             store=store,

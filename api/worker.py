@@ -81,7 +81,8 @@ class WorkerRecovery:
             registry=self._registry,
             backends={BackendName.CELERY: celery},
             rollout=self._rollout,
-            metrics=Metrics(),
+            # Every tool's series at 0 from the start, even before a child has run one
+            metrics=Metrics().expect([BackendName.CELERY], self._registry),
         )
         self._recovery.start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +77,21 @@ class Metrics:
             ["backend"],
             **common,
         )
+
+    def expect(self, backends: Iterable[str], tools: Iterable[str]) -> Metrics:
+        """Create every (backend, tool, outcome) series at 0 now, so a series exists before its
+        first event: a rate over it is 0, not absent, and a scrape shows what will be counted."""
+        tools = list(tools)
+        for backend in backends:
+            for tool in tools:
+                for outcome in OUTCOMES:
+                    self.tasks.labels(backend, tool, outcome)
+                self.retries.labels(backend, tool)
+        return self
+
+
+OUTCOMES = ("completed", "failed", "retrying", "cancelled")
+"""How an attempt can end, as `switchyard_tasks_total` labels it."""
 
 
 class ExecutorMetrics(ExecutorHook):

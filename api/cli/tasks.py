@@ -22,6 +22,7 @@ from api.cli.client import (
     fail_on_error,
 )
 from api.cli.console import err, fail, out, print_table
+from api.cli.health import fetch_health, print_health
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -69,7 +70,12 @@ def submit(
 
 
 def status(
-    task_id: Annotated[str, typer.Argument(help="The task's id.")],
+    task_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="The task's id.", show_default="none: the API's health, workers and queues"
+        ),
+    ] = None,
     follow: Annotated[
         bool,
         typer.Option(
@@ -79,7 +85,18 @@ def status(
     url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Show a task's status, progress and result; with --follow, once it has ended."""
+    """Show a task's status, progress and result (with --follow, once it has ended); without
+    a task id, whether the API can take work: Celery workers, queue depths, the oldest wait
+    per backend (exit 1 when degraded)."""
+    if task_id is None:
+        if follow:
+            fail("--follow needs a task id: `switchyard status TASK_ID --follow`")
+        with api_client(url, api_key) as client:
+            code, body = fetch_health(client)
+        print_health(body)
+        if code != 200:
+            raise typer.Exit(1)
+        return
     with api_client(url, api_key) as client:
         task = _follow(client, task_id) if follow else call_api(client, "GET", f"/tasks/{task_id}")
     _print_task(task)
