@@ -58,15 +58,15 @@ def measure(*, tasks: int, database_url: str, data_dir: Path) -> dict[str, objec
     backend, process = runtime.backends["thread"], psutil.Process()
     try:
         _submit(runtime, "noop", WARMUP_TASKS)  # fills caches and the connection pool
-        _wait(lambda: backend.health().detail["waiting"] == 0)
+        _wait(lambda: backend.health().counts["waiting"] == 0)
         _submit(runtime, "hold", settings.background_workers)
-        _wait(lambda: backend.health().detail["running"] == settings.background_workers)
+        _wait(lambda: backend.health().counts["running"] == settings.background_workers)
         gc.collect()
         before = process.memory_info().rss
         started = time.perf_counter()
         _submit(runtime, "noop", tasks)
         seconds = time.perf_counter() - started
-        waiting = backend.health().detail["waiting"]
+        waiting = backend.health().counts["waiting"]
         gc.collect()
         after = process.memory_info().rss
     finally:

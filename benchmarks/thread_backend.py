@@ -78,7 +78,7 @@ def _switchyard(ctx: BenchContext, stack: ExitStack) -> tuple[Variant, int]:
 def _wait_until_done(backend: TaskBackend, runtime: Runtime, expected: int) -> None:
     # The backend's own counters are free to read; the row count confirms once they say idle.
     while True:
-        detail = backend.health().detail
+        detail = backend.health().counts
         idle = detail["waiting"] == 0 and detail["running"] == 0
         if idle and count_status(runtime.engine, TaskStatus.COMPLETED) >= expected:
             return
