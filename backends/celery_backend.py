@@ -234,9 +234,10 @@ class CeleryBackend(TaskBackend):
         answer the last one while it is not stale, or wait briefly for the new one, so requests
         never queue behind a hung broker."""
         with self._health_lock:
-            age = time.monotonic() - self._health[0] if self._health else None
-            if self._health and age is not None and age < HEALTH_CACHE_SECONDS:
-                return self._health[1]
+            last = self._health
+            age = time.monotonic() - last[0] if last else math.inf
+            if last and age < HEALTH_CACHE_SECONDS:
+                return last[1]
             if self._probing is None:
                 self._probing = (time.monotonic(), threading.Event())
                 threading.Thread(
@@ -246,8 +247,8 @@ class CeleryBackend(TaskBackend):
                     daemon=True,
                 ).start()
             started, done = self._probing
-            if self._health and age is not None and age < HEALTH_STALE_SECONDS:
-                return self._health[1]
+            if last and age < HEALTH_STALE_SECONDS:
+                return last[1]
         done.wait(max(0.0, PROBE_WAIT_SECONDS - (time.monotonic() - started)))
         with self._health_lock:
             if self._health and self._health[0] >= started:

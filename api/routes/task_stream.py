@@ -74,18 +74,8 @@ class TaskState(BaseModel):
 
     @classmethod
     def of(cls, record: TaskRecord) -> TaskState:
-        """The state of `record`."""
-        return cls(
-            task_id=record.task_id,
-            status=record.status,
-            progress=record.progress,
-            message=record.message,
-            backend=record.backend,
-            attempts=record.attempts,
-            error_code=record.error_code,
-            error_message=record.error_message,
-            updated_at=record.updated_at,
-        )
+        """The state of `record`: the fields above, read from it."""
+        return cls.model_validate(record, from_attributes=True)
 
     def differs_from(self, other: TaskState) -> bool:
         """True if a watcher would see a difference: `updated_at` alone is no news, as it also
