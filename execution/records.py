@@ -78,6 +78,7 @@ TASKS = table_of(
     TaskRecord,
     "tasks",
     Index("ix_tasks_status_created_at", "status", "created_at"),
+    Index("ix_tasks_status_updated_at", "status", "updated_at"),
     Index("uq_tasks_user_id_idempotency_key", "user_id", "idempotency_key", unique=True),
 )
 

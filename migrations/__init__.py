@@ -8,7 +8,13 @@ from sqlalchemy import MetaData
 
 from execution.models import Base
 
-TABLE_OWNERS = ("execution.models", "execution.records", "dispatch.rollout.store", "api.keys")
+TABLE_OWNERS = (
+    "execution.models",
+    "execution.records",
+    "execution.job_leases",
+    "dispatch.rollout.store",
+    "api.keys",
+)
 """The modules that declare tables; importing one registers its tables on Base.metadata."""
 
 

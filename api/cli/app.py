@@ -16,7 +16,9 @@ from api.cli import (
 from api.cli.bootstrap import KeyFileError, ensure_operator_key
 from api.cli.console import err, fail, out, print_table, settings_or_exit
 from api.cli.drill import drill
+from api.cli.failed import failed_app
 from api.cli.keys import keys_app
+from api.cli.queue import queue_app
 from api.cli.rollout import rollout_app
 from api.settings import Settings
 from dispatch.rollout.store import EnvironmentApplied, EnvironmentOutcome
@@ -228,6 +230,8 @@ app.command("tasks")(tasks.count_tasks)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(queue_app, name="queue")
+app.add_typer(failed_app, name="failed")
 app.command()(drill)
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -48,6 +49,8 @@ class RolloutStateRow(Base):
     restore_point: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime]
     updated_by: Mapped[str] = mapped_column(String(128))
+    paused: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
+    """The tools whose dispatch is paused ("*": all of them)."""
 
 
 class RolloutEventRow(Base):
