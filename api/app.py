@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.limits import install_request_limits, reject_undeclared_query
-from api.routes import cohorts, dashboard, rollout, system, task_stream, tasks
+from api.routes import cohorts, dashboard, queue, rollout, system, task_stream, tasks
 from api.runtime import Runtime
 from api.schemas import ValidationErrorOut
 
@@ -71,6 +71,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(cohorts.router)
     app.include_router(system.router)
     app.include_router(dashboard.router)
+    app.include_router(queue.router)
     install_offline_docs(app)
     return app
 

@@ -230,3 +230,30 @@ class ValidationErrorOut(ErrorOut):
     """A 422: one sentence, then each problem on its own."""
 
     errors: list[FieldErrorOut] = []
+
+
+class PurgeIn(Strict):
+    """POST /queue/purge: which QUEUED tasks to cancel; filters combine, and one is needed
+    (or `all`)."""
+
+    tool_id: Annotated[StoredText | None, Field(min_length=1, max_length=128)] = None
+    backend: Annotated[
+        StoredText | None, Field(min_length=1, max_length=16, examples=["celery"])
+    ] = None
+    queue: Annotated[
+        StoredText | None,
+        Field(min_length=1, max_length=128, description="A tool's Celery queue: its tools"),
+    ] = None
+    all: bool = Field(default=False, description="Every QUEUED task; no filter may be given")
+    dry_run: bool = Field(description="Only count what would be cancelled; change nothing")
+    reason: Reason
+
+
+class PurgeOut(BaseModel):
+    """What a purge cancelled (dry run: would cancel), and what it left running."""
+
+    dry_run: bool
+    cancelled: int = Field(description="QUEUED tasks cancelled (dry run: that would be)")
+    by_backend: dict[str, dict[str, int]] = Field(description="Those tasks per backend and tool")
+    running: int = Field(description="PROCESSING tasks of the selection: not touched")
+    running_by_backend: dict[str, dict[str, int]]

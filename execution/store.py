@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     case,
     func,
     or_,
@@ -37,6 +39,9 @@ from execution.task_statements import (
 
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 _NO_ERROR = {"error_code": None, "error_message": None}
+
+CANCEL_BATCH = 500
+"""Rows a bulk cancel changes per transaction: other writers get their turn between batches."""
 
 
 def utcnow() -> datetime:
@@ -414,6 +419,56 @@ class TaskStore:
         moved.sort(key=lambda record: (-record.priority, record.created_at))
         return moved
 
+    def cancel_queued(
+        self,
+        *,
+        reason: str,
+        tool_ids: Collection[str] | None = None,
+        backend: str | None = None,
+        batch: int = CANCEL_BATCH,
+    ) -> Counter[tuple[str, str]]:
+        """QUEUED -> CANCELLED for every task (of `tool_ids`, on `backend`) created before the
+        call, `batch` rows per transaction, each with its event; a task running by then is
+        not touched, and a copy of a cancelled one handed to a backend finds nothing to claim.
+        How many per (backend, tool_id)."""
+        cancelled: Counter[tuple[str, str]] = Counter()
+        if tool_ids is not None and not tool_ids:
+            return cancelled
+        started = utcnow()
+        chosen = select(TASKS.c.task_id).where(
+            TASKS.c.status == TaskStatus.QUEUED, TASKS.c.created_at <= started
+        )
+        if tool_ids is not None:
+            chosen = chosen.where(TASKS.c.tool_id.in_(sorted(tool_ids)))
+        if backend is not None:
+            chosen = chosen.where(TASKS.c.backend == backend)
+        chosen = chosen.order_by(TASKS.c.created_at).limit(batch)
+        while True:
+            now = utcnow()
+            # Tasks created later are not the caller's to cancel; the bound also ends the loop
+            # however fast new tasks arrive. The status is checked again on each locked row.
+            query = (
+                update(TASKS)
+                .where(TASKS.c.task_id.in_(chosen), TASKS.c.status == TaskStatus.QUEUED)
+                .values(
+                    status=TaskStatus.CANCELLED,
+                    message=reason,
+                    run_after=None,
+                    updated_at=now,
+                    **_NO_ERROR,
+                )
+                .returning(TASKS.c.task_id, TASKS.c.backend, TASKS.c.tool_id, TASKS.c.progress)
+            )
+            with self._write_turn, self.engine.begin() as conn:
+                rows = conn.execute(query).all()
+                for row in rows:
+                    self._append_event(
+                        conn, row.task_id, TaskStatus.CANCELLED, row.progress, reason, now
+                    )
+            cancelled.update((str(row.backend), str(row.tool_id)) for row in rows)
+            if not rows and not self._exists(chosen):
+                return cancelled  # (PostgreSQL: a batch claimed meanwhile matches nothing)
+
     def mark_dispatched(
         self,
         task_id: str,
@@ -577,6 +632,19 @@ class TaskStore:
         with self.engine.connect() as conn:
             return {(str(b), str(t)): int(n) for b, t, n in conn.execute(query)}
 
+    def tally(self, *statuses: TaskStatus) -> dict[tuple[TaskStatus, str, str], int]:
+        """Tasks per (status, backend, tool_id), of `statuses` if any are given: one GROUP BY."""
+        query = select(TASKS.c.status, TASKS.c.backend, TASKS.c.tool_id, func.count()).group_by(
+            TASKS.c.status, TASKS.c.backend, TASKS.c.tool_id
+        )
+        if statuses:
+            query = query.where(TASKS.c.status.in_(statuses))
+        with self.engine.connect() as conn:
+            return {
+                (TaskStatus(status), str(backend), str(tool_id)): int(count)
+                for status, backend, tool_id, count in conn.execute(query)
+            }
+
     def waiting(self) -> dict[str, Waiting]:
         """Per backend: its QUEUED tasks, and since when the longest-waiting due one is due
         (a task in its retry backoff is queued but not yet waiting)."""
@@ -647,6 +715,10 @@ class TaskStore:
             if record_event:
                 self._append_event(conn, task_id, to_status, record.progress, message, now)
         return record
+
+    def _exists(self, query: Select[Any]) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
 
     @staticmethod
     def _append_event(
