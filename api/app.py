@@ -28,11 +28,15 @@ DOCS_ASSETS = "/docs-assets"
 """Where /docs and /redoc load their scripts, styles and icon from: this app, never a CDN."""
 
 
-def create_app(runtime: Runtime) -> FastAPI:
-    """The API over `runtime`; backends start on startup and drain on shutdown."""
+def create_app(runtime: Runtime, *, owns_runtime: bool = True) -> FastAPI:
+    """The API over `runtime`; backends start on startup and drain on shutdown, unless
+    `owns_runtime` is False: then the application embedding it does (api/embedded.py)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not owns_runtime:
+            yield
+            return
         runtime.start()
         try:
             yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
@@ -68,6 +68,7 @@ class Settings(
         return shown
 
 
-def load_settings(env_file: Path | str | None = ".env") -> Settings:
-    """The settings from the environment and `.env`; SettingsError names a bad one in a line."""
-    return load(Settings, env_file)
+def load_settings(env_file: Path | str | None = ".env", **overrides: Any) -> Settings:
+    """The settings from the environment and `.env` (`overrides`, by field name, win over
+    both); SettingsError names a bad one in a line."""
+    return load(Settings, env_file, **overrides)

@@ -9,7 +9,7 @@ lower-cased.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -97,10 +97,11 @@ class ExecutionSettings(SettingsGroup):
 S = TypeVar("S", bound=SettingsGroup)
 
 
-def load(cls: type[S], env_file: Path | str | None = ".env") -> S:
-    """Build settings of `cls`, turning a validation failure into one line naming the setting."""
+def load(cls: type[S], env_file: Path | str | None = ".env", **overrides: Any) -> S:
+    """Build settings of `cls`, turning a validation failure into one line naming the setting;
+    `overrides` (field names) win over the environment and `env_file`."""
     try:
-        return cls(_env_file=env_file)
+        return cls(_env_file=env_file, **overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import random
 import threading
@@ -9,9 +10,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from execution.tools.enqueue import DEFAULT_USER, TaskHandle, enqueue
 
 JSONValue = Any
 """Whatever `json.dumps` accepts; checked at run time when a tool returns."""
@@ -118,7 +121,45 @@ class ToolLoadError(ImportError):
     """A module named in SWITCHYARD_TOOLS could not be loaded or registers a clash."""
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
+
+
+class ToolFunction(Generic[R]):
+    """A function marked with @tool: still called as before, and enqueued as a task with
+    `.enqueue(payload)` through the Switchyard running in this process."""
+
+    __name__: str
+    __qualname__: str
+
+    def __init__(self, func: Callable[[ToolContext], R], spec: Tool) -> None:
+        self.func = func
+        self.spec = spec
+        setattr(self, TOOL_ATTRIBUTE, spec)  # what `tools_in` finds in a module
+        functools.update_wrapper(self, func)
+
+    def __call__(self, ctx: ToolContext, /) -> R:
+        return self.func(ctx)
+
+    def enqueue(
+        self,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        user_id: str = DEFAULT_USER,
+        priority: int | None = None,
+    ) -> TaskHandle:
+        """Create a task of this tool, as POST /tasks would (same validation, routing, rows),
+        owned by `user_id`; returns its handle at once. UnknownTool if the running Switchyard
+        does not load this tool (SWITCHYARD_TOOLS), InvalidPayload if the payload does not fit,
+        BackendUnavailable if its backend refuses it now."""
+        return enqueue(
+            self.spec.tool_id,
+            {} if payload is None else dict(payload),
+            user_id=user_id,
+            priority=priority,
+        )
+
+    def __repr__(self) -> str:
+        return f"<tool {self.spec.tool_id!r}: {self.func.__module__}.{self.func.__qualname__}>"
 
 
 def tool(
@@ -131,12 +172,13 @@ def tool(
     soft_time_limit: int | None = None,
     retry: RetryPolicy | None = None,
     payload_model: type[BaseModel] | None = None,
-) -> Callable[[F], F]:
-    """Mark a function as a tool; `load_registry` finds it in its module."""
+) -> Callable[[Callable[[ToolContext], R]], ToolFunction[R]]:
+    """Mark a function as a tool; `load_registry` finds it in its module, and application code
+    enqueues it with `.enqueue(payload)`."""
     if not 0 <= priority <= 9:
         raise ValueError(f"tool {tool_id!r}: priority must be 0-9")
 
-    def mark(func: F) -> F:
+    def mark(func: Callable[[ToolContext], R]) -> ToolFunction[R]:
         doc = (func.__doc__ or "").strip()
         spec = Tool(
             tool_id=tool_id,
@@ -149,8 +191,7 @@ def tool(
             retry=retry or RetryPolicy(),
             payload_model=payload_model,
         )
-        setattr(func, TOOL_ATTRIBUTE, spec)
-        return func
+        return ToolFunction(func, spec)
 
     return mark
 
