@@ -7,6 +7,7 @@ The worker process has its own root (api/worker.py); both build their executor w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from sqlalchemy import Engine
@@ -25,7 +26,9 @@ from dispatch.rollout.store import ChangeLimit, RolloutStore
 from dispatch.rollout.watch import RolloutWatcher
 from execution import database
 from execution.executor import ExecutorLimits, TaskExecutor
+from execution.job_leases import JobLeases
 from execution.metrics import ExecutorMetrics, Metrics
+from execution.retention import RetentionJob
 from execution.status import BackendName
 from execution.store import TaskStore
 from execution.time_limits import SoftTimeLimit
@@ -103,6 +106,21 @@ def recovery(
     return sweep
 
 
+def retention_job(settings: Settings, *, store: TaskStore, metrics: Metrics) -> RetentionJob | None:
+    """The periodic prune of this process (not started); None when RETENTION_DAYS=0 keeps
+    every task. Every process may run one: the job lease lets one prune per interval."""
+    if settings.retention_days == 0:
+        return None
+    return RetentionJob(
+        store=store,
+        leases=JobLeases(store.engine),
+        keep=timedelta(days=settings.retention_days),
+        every=settings.retention_sweep_seconds,
+        batch=settings.retention_batch,
+        metrics=metrics,
+    )
+
+
 @dataclass
 class Runtime:
     """Everything the API process runs, wired together."""
@@ -122,6 +140,8 @@ class Runtime:
     health: HealthCheck
     guard: RolloutGuard | None = None
     """Rolls back by itself on a Celery failure breach; only with ROLLOUT_GUARD=true."""
+    retention: RetentionJob | None = None
+    """Deletes old finished tasks; None with RETENTION_DAYS=0."""
 
     @classmethod
     def build(
@@ -188,6 +208,7 @@ class Runtime:
             keys=KeyStore(engine),
             metrics=metrics,
             health=health,
+            retention=retention_job(settings, store=store, metrics=metrics),
         )
         if settings.rollout_guard:
             runtime.guard = RolloutGuard(
@@ -205,16 +226,20 @@ class Runtime:
 
     def start(self) -> None:
         """Load (or seed) the rollout, start every backend, then the recovery sweep (and the
-        guard, if switched on)."""
+        guard and the retention job, if switched on)."""
         self.rollout.start()
         for backend in self.backends.values():
             backend.start()
         self.recovery.start()
         if self.guard is not None:
             self.guard.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def stop(self) -> None:
         """Stop backends (running tasks get SHUTDOWN_TIMEOUT seconds) and close connections."""
+        if self.retention is not None:
+            self.retention.stop()
         if self.guard is not None:
             self.guard.stop()
         self.recovery.stop()

@@ -12,7 +12,13 @@ from backends.settings import BackendSettings
 from dispatch.rollout.settings import RolloutCheckSettings, RolloutSettings
 from dispatch.settings import DispatchSettings, RecoverySettings
 from execution.redaction import redact_url
-from execution.settings import ExecutionSettings, SettingsGroup, load, split_list
+from execution.settings import (
+    ExecutionSettings,
+    RetentionSettings,
+    SettingsGroup,
+    load,
+    split_list,
+)
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
@@ -55,6 +61,7 @@ class Settings(
     DispatchSettings,
     RecoverySettings,
     BackendSettings,
+    RetentionSettings,
     ExecutionSettings,
 ):
     """Every knob an operator can turn: loaded once per process (API or worker), passed down."""

@@ -15,7 +15,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import setup_logging, worker_init, worker_ready, worker_shutdown
 from sqlalchemy import Engine
 
-from api.runtime import build_executor, recovery, rollout_watcher
+from api.runtime import build_executor, recovery, retention_job, rollout_watcher
 from api.settings import Settings, load_settings
 from api.worker_metrics import WorkerMetricsServer
 from backends.celery_app import celery_task_fields, make_celery_app, redirect_stdouts
@@ -26,6 +26,7 @@ from dispatch.rollout.watch import RolloutWatcher
 from execution import database
 from execution.logs import configure_logging
 from execution.metrics import Metrics
+from execution.retention import RetentionJob
 from execution.settings import SettingsError
 from execution.status import BackendName
 from execution.store import TaskStore
@@ -58,14 +59,16 @@ def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerService
 
 class WorkerRecovery:
     """The recovery sweep in a worker's main process, so lost tasks are found even when no
-    API process runs. Prefork children are forked from this process: they must not use (or
-    close) its database connections."""
+    API process runs (and the retention job: its lease makes it once per deployment). Prefork
+    children are forked from this process: they must not use (or close) its database
+    connections."""
 
     def __init__(self, settings: Settings, app: Celery, registry: ToolRegistry) -> None:
         self._settings, self._app, self._registry = settings, app, registry
         self._recovery: Recovery | None = None
         self._engine: Engine | None = None
         self._rollout: RolloutWatcher | None = None
+        self._retention: RetentionJob | None = None
 
     def start(self, **_: Any) -> None:
         """`worker_ready`: the consumer runs; begin sweeping."""
@@ -75,19 +78,26 @@ class WorkerRecovery:
         self._rollout = rollout_watcher(self._settings, engine, use_celery=True, seed=False)
         self._rollout.start()
         celery = celery_publisher(self._settings, self._app, self._registry)
+        store = TaskStore(engine)
+        # Every tool's series at 0 from the start, even before a child has run one
+        metrics = Metrics().expect([BackendName.CELERY], self._registry)
         self._recovery = recovery(
             self._settings,
-            store=TaskStore(engine),
+            store=store,
             registry=self._registry,
             backends={BackendName.CELERY: celery},
             rollout=self._rollout,
-            # Every tool's series at 0 from the start, even before a child has run one
-            metrics=Metrics().expect([BackendName.CELERY], self._registry),
+            metrics=metrics,
         )
         self._recovery.start()
+        self._retention = retention_job(self._settings, store=store, metrics=metrics)
+        if self._retention is not None:
+            self._retention.start()
 
     def stop(self, **_: Any) -> None:
         """`worker_shutdown`."""
+        if self._retention is not None:
+            self._retention.stop()
         if self._recovery is not None:
             self._recovery.stop()
         if self._rollout is not None:

@@ -77,6 +77,11 @@ class Metrics:
             ["backend"],
             **common,
         )
+        self.pruned = Counter(
+            "pruned_tasks",
+            "Finished tasks deleted by retention (RETENTION_DAYS), their events with them",
+            **common,
+        )
 
     def expect(self, backends: Iterable[str], tools: Iterable[str]) -> Metrics:
         """Create every (backend, tool, outcome) series at 0 now, so a series exists before its

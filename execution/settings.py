@@ -94,6 +94,18 @@ class ExecutionSettings(SettingsGroup):
         return self.database_url.startswith("sqlite")
 
 
+class RetentionSettings(SettingsGroup):
+    """How long finished tasks are kept; one process of the deployment prunes at a time."""
+
+    retention_days: Annotated[int, Field(ge=0, le=36_500)] = 30
+    """Finished tasks (COMPLETED, FAILED, CANCELLED) unchanged this many days are deleted with
+    their events; 0 keeps them forever."""
+    retention_sweep_seconds: Annotated[float, Field(ge=1, le=7 * 86_400)] = 3600.0
+    """How often the deployment prunes."""
+    retention_batch: Annotated[int, Field(ge=1, le=5000)] = 500
+    """Tasks deleted per transaction: other writers get their turn between batches."""
+
+
 S = TypeVar("S", bound=SettingsGroup)
 
 

@@ -11,10 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Select,
+    and_,
     case,
+    delete,
     func,
     or_,
     select,
@@ -24,7 +27,7 @@ from sqlalchemy import (
 
 from execution.models import UTCDateTime
 from execution.records import TASKS, TaskEvent, TaskRecord
-from execution.status import TaskStatus
+from execution.status import TERMINAL_STATUSES, TaskStatus
 from execution.task_statements import (
     ADD_ONE,
     EVENTS,
@@ -57,6 +60,17 @@ class TaskFilter:
     tool_id: str | None = None
     backend: str | None = None
     user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """Finished tasks and events deleted (or that would be) by retention."""
+
+    tasks: int = 0
+    events: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.tasks + other.tasks, self.events + other.events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -666,6 +680,39 @@ class TaskStore:
             for backend, count, oldest in rows
         }
 
+    # -- retention -----------------------------------------------------------------------------
+
+    def count_finished(self, *, before: datetime) -> Pruned:
+        """The finished tasks last changed before `before`, and their events: what
+        `delete_finished` would delete."""
+        old = _finished_before(before)
+        tasks = select(func.count()).select_from(TASKS).where(old)
+        events = (
+            select(func.count())
+            .select_from(EVENTS)
+            .where(EVENTS.c.task_id.in_(select(TASKS.c.task_id).where(old)))
+        )
+        with self.engine.connect() as conn:
+            return Pruned(conn.execute(tasks).scalar_one(), conn.execute(events).scalar_one())
+
+    def delete_finished(self, *, before: datetime, limit: int) -> Pruned:
+        """Delete up to `limit` finished tasks last changed before `before`, with their events,
+        in one short transaction. A task retried meanwhile is no longer finished: it stays."""
+        old = _finished_before(before)
+        # PostgreSQL: the rows are locked until the commit (a retry waits, then finds nothing),
+        # and a concurrent prune skips them. SQLite has no row locks: each DELETE checks again,
+        # and from the first one on the transaction holds the only write lock.
+        chosen = select(TASKS.c.task_id).where(old).limit(limit).with_for_update(skip_locked=True)
+        with self._write_turn, self.engine.begin() as conn:
+            ids = list(conn.execute(chosen).scalars())
+            if not ids:
+                return Pruned()
+            still_old = select(TASKS.c.task_id).where(TASKS.c.task_id.in_(ids), old)
+            # Events first and explicitly: the foreign key's cascade is not relied upon.
+            events = conn.execute(delete(EVENTS).where(EVENTS.c.task_id.in_(still_old)))
+            tasks = conn.execute(delete(TASKS).where(TASKS.c.task_id.in_(ids), old))
+        return Pruned(tasks.rowcount, events.rowcount)
+
     # -- internals -----------------------------------------------------------------------------
 
     def _transition(
@@ -739,6 +786,11 @@ class TaskStore:
                 "at": at,
             },
         )
+
+
+def _finished_before(moment: datetime) -> ColumnElement[bool]:
+    """COMPLETED, FAILED or CANCELLED, and unchanged since before `moment`."""
+    return and_(TASKS.c.status.in_(sorted(TERMINAL_STATUSES)), TASKS.c.updated_at < moment)
 
 
 def _moved(from_backend: str, to_backend: str, reason: str) -> str:

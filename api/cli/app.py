@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from api.cli import (
+    prune,
     rollout_checks,  # noqa: F401 (registers compare and advance on rollout_app)
     tasks,
 )
@@ -227,6 +228,7 @@ app.command()(tasks.status)
 app.command()(tasks.cancel)
 app.command()(tasks.retry)
 app.command("tasks")(tasks.count_tasks)
+db_app.command("prune")(prune.prune)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")

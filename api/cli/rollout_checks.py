@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any
 
 import httpx
@@ -13,19 +12,7 @@ from rich.table import Table
 from api.cli.client import DEFAULT_API_URL, ApiKeyOption, UrlOption, api_client, call_api
 from api.cli.console import fail, out, print_table
 from api.cli.rollout import ReasonOption, rollout_app
-
-_WINDOW = re.compile(r"(\d+)([smhd]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
-def parse_window(text: str | None) -> int | None:
-    """`90`, `90s`, `15m`, `1h` or `2d` as seconds."""
-    if text is None:
-        return None
-    found = _WINDOW.fullmatch(text.strip().lower())
-    if found is None or int(found[1]) == 0:
-        raise typer.BadParameter(f"{text!r} is not a window like 3600, 90s, 15m, 1h or 2d")
-    return int(found[1]) * _UNIT_SECONDS[found[2]]
+from api.cli.windows import parse_window
 
 
 @rollout_app.command("compare")
