@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.limits import install_request_limits, reject_undeclared_query
-from api.routes import cohorts, dashboard, queue, rollout, system, task_stream, tasks
+from api.routes import cohorts, dashboard, failed, queue, rollout, system, task_stream, tasks
 from api.runtime import Runtime
 from api.schemas import ValidationErrorOut
 
@@ -70,6 +70,7 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = True) -> FastAPI:
         return JSONResponse(status_code=500, content={"detail": "internal error; see the logs"})
 
     app.include_router(tasks.router)
+    app.include_router(failed.router)
     app.include_router(task_stream.router)
     app.include_router(rollout.router)
     app.include_router(cohorts.router)

@@ -60,6 +60,11 @@ class TaskFilter:
     tool_id: str | None = None
     backend: str | None = None
     user_id: str | None = None
+    error_code: str | None = None
+    changed_since: datetime | None = None
+    """Last changed at or after this (`updated_at`; for a FAILED task, when it failed)."""
+    changed_before: datetime | None = None
+    """Last changed before this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,9 +540,14 @@ class TaskStore:
             (TASKS.c.tool_id, where.tool_id),
             (TASKS.c.backend, where.backend),
             (TASKS.c.user_id, where.user_id),
+            (TASKS.c.error_code, where.error_code),
         ):
             if value is not None:
                 query = query.where(column == value)
+        if where.changed_since is not None:
+            query = query.where(TASKS.c.updated_at >= where.changed_since)
+        if where.changed_before is not None:
+            query = query.where(TASKS.c.updated_at < where.changed_before)
         query = query.order_by(TASKS.c.created_at.desc(), TASKS.c.task_id).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query.offset(offset)).all()

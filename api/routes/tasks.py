@@ -8,17 +8,15 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 
 from api.auth import UNAUTHORIZED, Caller, CallerDep, log_denied
 from api.deps import RuntimeDep
-from api.keys import USER_ID_PATTERN
 from api.runtime import Runtime
 from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskPage
+from api.task_filters import TaskFilterDep
 from dispatch.dispatcher import IdempotencyConflict, NewTask
 from execution.records import TaskRecord
-from execution.status import BackendName, TaskStatus
-from execution.store import TaskFilter
+from execution.status import TaskStatus
 
 MAX_PAGE = 500
 MAX_OFFSET = 1_000_000
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"  # PostgreSQL refuses NUL in text
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -87,28 +85,13 @@ def create_task(
     },
 )
 def list_tasks(
-    request: Request,
     runtime: RuntimeDep,
-    caller: CallerDep,
-    status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
-    tool_id: Annotated[str | None, Query(max_length=128, pattern=NO_CONTROL_CHARACTERS)] = None,
-    backend: BackendName | None = None,
-    user_id: Annotated[
-        str | None,
-        Query(pattern=USER_ID_PATTERN, description="Another user's tasks: operators only"),
-    ] = None,
+    where: TaskFilterDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> TaskPage:
-    """The caller's tasks (an operator's: everyone's), newest first, narrowed by the filters."""
-    if not caller.is_operator:
-        if user_id not in (None, caller.user_id):
-            log_denied(request, caller, status_code=403, reason="listing another user's tasks")
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, "only an operator key may list another user's tasks"
-            )
-        user_id = caller.user_id
-    where = TaskFilter(status=status_, tool_id=tool_id, backend=backend, user_id=user_id)
+    """The caller's tasks (an operator's: everyone's), newest first, narrowed by the filters:
+    `GET /tasks?status=FAILED&tool_id=...&since=...` is the failed tasks' dead-letter view."""
     records = runtime.store.find(where, limit=limit, offset=offset)
     return TaskPage(items=records, limit=limit, offset=offset)
 
@@ -179,7 +162,8 @@ def retry_task(
 
 def _conflict(runtime: Runtime, task_id: str, what: str) -> NoReturn:
     current = runtime.store.get(task_id)
-    assert current is not None, "tasks are never deleted"
+    if current is None:  # deleted by retention meanwhile
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no task {task_id}")
     raise HTTPException(status.HTTP_409_CONFLICT, f"task {task_id} is {current.status}; {what}")
 
 
