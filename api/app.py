@@ -18,7 +18,17 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_error_handlers
 from api.limits import install_request_limits, reject_undeclared_query
-from api.routes import cohorts, dashboard, failed, queue, rollout, system, task_stream, tasks
+from api.routes import (
+    cohorts,
+    dashboard,
+    failed,
+    pause,
+    queue,
+    rollout,
+    system,
+    task_stream,
+    tasks,
+)
 from api.runtime import Runtime
 from api.schemas import ValidationErrorOut
 
@@ -73,6 +83,7 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = True) -> FastAPI:
     app.include_router(failed.router)
     app.include_router(task_stream.router)
     app.include_router(rollout.router)
+    app.include_router(pause.router)
     app.include_router(cohorts.router)
     app.include_router(system.router)
     app.include_router(dashboard.router)

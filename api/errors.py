@@ -13,6 +13,7 @@ from api.schemas import FieldErrorOut, ValidationErrorOut
 from backends.base import BackendUnavailable
 from dispatch.dispatcher import TaskRejected
 from dispatch.rollout.control import RolloutInvalid
+from dispatch.rollout.pause import ResumeRefused
 from dispatch.rollout.store import NothingToRestore, RolloutConflict, RolloutRateLimited
 from execution.redaction import redact_text
 from execution.tools.registry import InvalidPayload, UnknownTool
@@ -72,6 +73,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             status_code=503, content=content, headers={"Retry-After": str(exc.retry_after)}
         )
+
+    @app.exception_handler(ResumeRefused)
+    async def resume_refused(_: Request, exc: ResumeRefused) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
 
 def validation_body(exc: RequestValidationError) -> ValidationErrorOut:

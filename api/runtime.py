@@ -22,9 +22,11 @@ from dispatch.recovery import Recovery
 from dispatch.rollout.advance import Thresholds
 from dispatch.rollout.control import RolloutControl
 from dispatch.rollout.guard import RolloutGuard
+from dispatch.rollout.pause import PauseGate
 from dispatch.rollout.store import ChangeLimit, RolloutStore
 from dispatch.rollout.watch import RolloutWatcher
 from execution import database
+from execution.dispatch_gate import DispatchGate
 from execution.executor import ExecutorLimits, TaskExecutor
 from execution.job_leases import JobLeases
 from execution.metrics import ExecutorMetrics, Metrics
@@ -44,8 +46,10 @@ def build_executor(
     registry: ToolRegistry,
     metrics: Metrics,
     soft_limit_errors: tuple[type[BaseException], ...] = (),
+    gate: DispatchGate | None = None,
 ) -> TaskExecutor:
-    """The executor every process runs tasks with; `soft_limit_errors` is the backend's own."""
+    """The executor every process runs tasks with; `soft_limit_errors` is the backend's own,
+    `gate` says which tools are paused (the process's rollout)."""
     return TaskExecutor(
         store=store,
         registry=registry,
@@ -59,6 +63,7 @@ def build_executor(
             lost_retries=settings.task_lost_retries,
         ),
         hooks=(SoftTimeLimit(), ExecutorMetrics(metrics)),
+        gate=gate,
     )
 
 
@@ -156,13 +161,16 @@ class Runtime:
         store = TaskStore(engine)
         registry = registry or load_registry(settings.tool_modules)
         metrics = Metrics()
-        executor = build_executor(settings, store=store, registry=registry, metrics=metrics)
+        # Before the executor: its tasks (and the pool's sweep) honour the pauses it keeps.
+        rollout = rollout_watcher(settings, engine, use_celery=settings.use_celery)
+        executor = build_executor(
+            settings, store=store, registry=registry, metrics=metrics, gate=PauseGate(rollout)
+        )
         if backends is None:
             # Threads always (they also run what a rollback hands back); Celery when switched on.
             names = [BackendName.THREAD, *([BackendName.CELERY] if settings.use_celery else [])]
             backends = {name: build_backend(name, settings, executor) for name in names}
         metrics.expect(backends, registry)
-        rollout = rollout_watcher(settings, engine, use_celery=settings.use_celery)
         dispatcher = Dispatcher(
             store=store,
             registry=registry,
@@ -204,6 +212,7 @@ class Runtime:
                     window_seconds=settings.rollout_change_window_seconds,
                 ),
                 reclaimer=dispatcher,
+                releaser=dispatcher,
             ),
             keys=KeyStore(engine),
             metrics=metrics,

@@ -110,6 +110,10 @@ class RolloutOut(BaseModel):
         description="This process's CELERY_ROLLOUT_PERCENTAGE and what its start did with it"
     )
     restore_point: RestorePointOut | None
+    paused: list[str] = Field(
+        description='Tools whose dispatch is paused ("*": every tool): their new tasks wait '
+        "QUEUED; POST /queue/resume hands them over"
+    )
     explanation: str
 
 
@@ -150,6 +154,29 @@ class RollbackIn(Strict):
 
     reason: Reason
     tool_id: Annotated[StoredText | None, Field(min_length=1, max_length=128)] = None
+
+
+class PauseIn(Strict):
+    """POST /queue/pause and /queue/resume: one tool, or every tool (no tool_id)."""
+
+    tool_id: Annotated[StoredText | None, Field(min_length=1, max_length=128)] = None
+    reason: Reason
+
+
+class PauseOut(BaseModel):
+    """The paused tools after a pause or resume, and the rollout version recording it."""
+
+    paused: list[str] = Field(description='Tools whose dispatch is paused ("*": every tool)')
+    version: int
+
+
+class ResumeOut(PauseOut):
+    """After a resume: also how many held tasks this request handed to their backends."""
+
+    released: int = Field(
+        description="Held tasks handed to their backends by this request, highest priority "
+        "first; the sweeps of every process take any others within their interval"
+    )
 
 
 class RolloutEventOut(BaseModel):

@@ -22,6 +22,7 @@ from backends.celery_app import celery_task_fields, make_celery_app, redirect_st
 from backends.celery_tasks import PerProcess, WorkerServices, register_run_task
 from backends.registry import celery_publisher
 from dispatch.recovery import Recovery
+from dispatch.rollout.pause import PauseGate
 from dispatch.rollout.watch import RolloutWatcher
 from execution import database
 from execution.logs import configure_logging
@@ -34,8 +35,13 @@ from execution.tools.registry import ToolLoadError, ToolRegistry, load_registry
 
 
 def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerServices:
-    """One worker process's executor, and the rollout deciding which tasks it hands back."""
+    """One worker process's executor, and the rollout deciding which tasks it hands back and
+    which it holds (paused)."""
     engine = database.make_engine(settings.database_url)
+    # Workers honour the stored rollout only: USE_CELERY is the switch of the processes that
+    # create tasks, and a worker without it set must not hand every task back.
+    rollout = rollout_watcher(settings, engine, use_celery=True, seed=False)
+    rollout.start()
     executor = build_executor(
         settings,
         store=TaskStore(engine),
@@ -44,11 +50,8 @@ def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerService
         # process's own files (see api/worker_metrics.py).
         metrics=Metrics(),
         soft_limit_errors=(SoftTimeLimitExceeded,),
+        gate=PauseGate(rollout),
     )
-    # Workers honour the stored rollout only: USE_CELERY is the switch of the processes that
-    # create tasks, and a worker without it set must not hand every task back.
-    rollout = rollout_watcher(settings, engine, use_celery=True, seed=False)
-    rollout.start()
 
     def hand_back_to(tool_id: str) -> str | None:
         # No stored rollout yet (no API process ever started): nothing to hand back to.

@@ -10,6 +10,7 @@ from queue import PriorityQueue
 import structlog
 
 from backends.base import BackendFull, BackendHealth, TaskBackend
+from execution.dispatch_gate import ALL_TOOLS
 from execution.executor import TaskExecutor
 from execution.records import TaskRecord
 
@@ -87,9 +88,14 @@ class ThreadPoolBackend(TaskBackend):
     def _sweep(self, *, unchanged_for: float) -> int:
         """Enqueue QUEUED thread tasks this process does not hold: left by a stopped process,
         or handed back by a Celery worker. Past the capacity bound on purpose: they were
-        accepted already. A copy another process also holds is harmless: one claim wins."""
+        accepted already. A copy another process also holds is harmless: one claim wins.
+        Tasks of a paused tool are left where they are: the resume hands them over."""
+        gate = self._executor.gate
+        held = gate.held_tools() if gate is not None else frozenset()
+        if ALL_TOOLS in held:
+            return 0
         found = self._executor.store.queued(
-            backend=self.name, unchanged_for=unchanged_for, limit=self._capacity
+            backend=self.name, unchanged_for=unchanged_for, limit=self._capacity, except_tools=held
         )
         taken = 0
         with self._lock:

@@ -15,6 +15,7 @@ from backends.base import BackendFull, BackendUnavailable, TaskBackend
 from dispatch.rollout.policy import RolloutPolicy, RoutingDecision, Stickiness, route
 from dispatch.rollout.watch import RolloutSource
 from dispatch.settings import BrokerDown
+from execution.dispatch_gate import held_message, is_held
 from execution.metrics import Metrics
 from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
@@ -22,6 +23,9 @@ from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 
 log = structlog.get_logger(__name__)
+
+RELEASE_LIMIT = 5_000
+"""Held tasks one resume hands over at once; the sweeps take any beyond it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +66,17 @@ def route_task(
 
 
 def reclaim_from_celery(
-    store: TaskStore, backends: Mapping[str, TaskBackend], *, tool_id: str | None, reason: str
+    store: TaskStore,
+    backends: Mapping[str, TaskBackend],
+    *,
+    tool_id: str | None,
+    reason: str,
+    paused: frozenset[str] = frozenset(),
 ) -> int:
     """Move the tasks QUEUED on Celery (of `tool_id`, or all) to threads, and give them to the
     thread pool if this process has one; how many moved. Where the pool is full or absent (a
-    worker), the pools' own sweeps take them from the rows."""
+    worker), the pools' own sweeps take them from the rows; those of a `paused` tool wait for
+    the resume."""
     moved = store.move_queued(
         from_backend=BackendName.CELERY,
         to_backend=BackendName.THREAD,
@@ -76,6 +86,8 @@ def reclaim_from_celery(
     threads = backends.get(BackendName.THREAD)
     if threads is not None:
         for record in moved:
+            if is_held(paused, record.tool_id):
+                continue
             try:
                 threads.submit(record)
             except BackendUnavailable:
@@ -125,7 +137,9 @@ class Dispatcher:
             policy, user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
         )
         backend = self._backend(decision.backend)
-        backend.check_capacity()
+        paused = policy.is_paused(spec.tool_id)
+        if not paused:
+            backend.check_capacity()
         try:
             queued = self.store.create_queued(
                 task_id=task_id,
@@ -138,6 +152,7 @@ class Dispatcher:
                 rollout_percentage=decision.percentage,
                 celery_task_id=backend.external_id(task_id),
                 idempotency_key=request.idempotency_key,
+                held=held_message(spec.tool_id) if paused else None,
             )
         except IntegrityError:
             # The same key raced us in another request: it won, and its task is the answer.
@@ -147,7 +162,7 @@ class Dispatcher:
             return existing, True
         # Handed over only now, after the QUEUED row is committed: a worker that picks the
         # task up at once always finds it.
-        queued = self._hand_over(backend, queued)
+        queued = self._dispatch_new(policy, backend, queued)
         if self.metrics is not None:
             reason = policy.reason_for(spec.tool_id)
             self.metrics.dispatch.labels(decision.backend, reason).inc()
@@ -169,14 +184,13 @@ class Dispatcher:
         current = self.store.get(task_id)
         if current is None or current.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             return None
+        policy = self.rollout.current()
         decision = route_task(
-            self.rollout.current(),
-            user_id=current.user_id,
-            task_id=task_id,
-            tool_id=current.tool_id,
+            policy, user_id=current.user_id, task_id=task_id, tool_id=current.tool_id
         )
         backend = self._backend(decision.backend)
-        backend.check_capacity()
+        if not policy.is_paused(current.tool_id):
+            backend.check_capacity()
         queued = self.store.retry_finished(
             task_id,
             backend=decision.backend,
@@ -185,7 +199,7 @@ class Dispatcher:
         )
         if queued is None:
             return None
-        return self._hand_over(backend, queued)
+        return self._dispatch_new(policy, backend, queued)
 
     def cancel(self, task_id: str, *, actor: str) -> TaskRecord | None:
         """Cancel a QUEUED task at once, or ask a running one to stop (it ends CANCELLED when
@@ -207,10 +221,61 @@ class Dispatcher:
         here: a rollback must not wait for a worker to hand them back. A Celery message that
         arrives later finds its task on threads and does nothing (the claim checks the backend).
         """
-        moved = reclaim_from_celery(self.store, self.backends, tool_id=tool_id, reason=reason)
+        paused = self.rollout.current().paused
+        moved = reclaim_from_celery(
+            self.store, self.backends, tool_id=tool_id, reason=reason, paused=paused
+        )
         if moved:
             log.info("rollout.reclaimed", tool_id=tool_id, moved=moved)
         return moved
+
+    def release(self, *, tool_id: str | None) -> int:
+        """Hand the tasks held while `tool_id` (None: any tool) was paused to their backends
+        now, highest priority first, then oldest; how many were handed over. The tasks of a
+        tool still paused stay; what a backend cannot take now (the pool is full, the broker
+        is down) or this process does not run, the sweeps hand over within their interval."""
+        policy = self.rollout.current()
+        refused: set[str] = set()
+        released = 0
+        for task in self.store.undispatched(tool_id=tool_id, limit=RELEASE_LIMIT):
+            backend = self.backends.get(task.backend or "")
+            if backend is None or backend.name in refused or policy.is_paused(task.tool_id):
+                continue
+            # The turn is the one conditional write only one process wins: a concurrent
+            # sweep or resume elsewhere does not hand the same task over twice.
+            turn = self.store.mark_dispatched(
+                task.task_id,
+                backend=backend.name,
+                last_dispatched_at=None,
+                celery_task_id=backend.external_id(task.task_id),
+                reason=f"released: dispatch of {task.tool_id} resumed",
+            )
+            if turn is None:
+                continue
+            try:
+                backend.submit(turn)
+            except BackendUnavailable as exc:
+                self.store.mark_undispatched(
+                    task.task_id, reason=f"waiting for the {backend.name} backend: {exc.reason}"
+                )
+                refused.add(backend.name)
+                continue
+            released += 1
+        log.info("dispatch.released", tool_id=tool_id, released=released, refused=sorted(refused))
+        return released
+
+    def _dispatch_new(
+        self, policy: RolloutPolicy, backend: TaskBackend, queued: TaskRecord
+    ) -> TaskRecord:
+        """Hold or hand over a task just written QUEUED: hold it (never handed over, for the
+        resume to hand over) if `policy` pauses its tool, else give it to `backend`. Returns
+        the row as it now stands."""
+        if not policy.is_paused(queued.tool_id):
+            return self._hand_over(backend, queued)
+        if queued.dispatched_at is None:
+            return queued  # written held
+        held = self.store.mark_undispatched(queued.task_id, reason=held_message(queued.tool_id))
+        return held or self.store.get(queued.task_id) or queued
 
     def _backend(self, name: str) -> TaskBackend:
         backend = self.backends.get(name)

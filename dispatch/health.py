@@ -187,6 +187,14 @@ class HealthCollector(Collector):
         for tool_id in sorted(policy.tool_overrides):
             overrides.add_metric([tool_id], policy.share_for(tool_id))
         yield overrides
+        paused = GaugeMetricFamily(
+            "switchyard_dispatch_paused",
+            'Tools whose dispatch is paused (1 each; tool="*": every tool)',
+            labels=["tool"],
+        )
+        for tool_id in sorted(policy.paused):
+            paused.add_metric([tool_id], 1.0)
+        yield paused
 
 
 def _gauge(name: str, help_text: str, value: object) -> GaugeMetricFamily:

@@ -14,6 +14,9 @@ each step is a conditional write that only one of them can win (the store arbitr
 - a Celery task whose tool the stored rollout no longer sends to Celery (a rollback made in
   another process, or a task routed by a process that had not heard of it yet) is moved to
   threads, as a worker receiving it would: with every worker down it still runs.
+
+Nothing of a paused tool is handed over: a lost attempt of one is QUEUED again and held, and
+its waiting tasks are neither published nor given to a pool until it is resumed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import structlog
 from backends.base import BackendUnavailable, TaskBackend
 from dispatch.dispatcher import reclaim_from_celery, route_task
 from dispatch.rollout.watch import RolloutSource
+from execution.dispatch_gate import ALL_TOOLS, held_message
 from execution.executor import WORKER_LOST, attempts_allowed
 from execution.metrics import Metrics
 from execution.records import TaskRecord
@@ -173,11 +177,9 @@ class Recovery:
                     attempt=task.attempts,
                 )
             return TaskStatus.FAILED if ended else None
+        policy = self._rollout.current()
         decision = route_task(
-            self._rollout.current(),
-            user_id=task.user_id,
-            task_id=task.task_id,
-            tool_id=task.tool_id,
+            policy, user_id=task.user_id, task_id=task.task_id, tool_id=task.tool_id
         )
         backend = self._backends.get(decision.backend)
         requeued = self._store.requeue_lost(
@@ -196,9 +198,11 @@ class Recovery:
             backend=decision.backend,
             attempt=task.attempts,
         )
+        if policy.is_paused(task.tool_id):
+            self._store.mark_undispatched(task.task_id, reason=held_message(task.tool_id))
         # Without that backend here (a worker has no thread pool) the row is enough: the
         # processes that run it pick QUEUED rows up.
-        if backend is not None:
+        elif backend is not None:
             self._hand_over(backend, requeued)
         return TaskStatus.QUEUED
 
@@ -220,17 +224,22 @@ class Recovery:
                 self._backends,
                 tool_id=tool_id,
                 reason=f"the rollout (version {policy.version}) sends no {tool_id} task to celery",
+                paused=policy.paused,
             )
             for tool_id in sorted(t for t in waiting if stored.share_for(t) == 0)
         )
 
     def _publish_waiting(self) -> int:
         celery = self._backends.get(BackendName.CELERY)
-        if celery is None:
+        paused = self._rollout.current().paused
+        if celery is None or ALL_TOOLS in paused:
             return 0
         published = 0
         waiting = self._store.awaiting_dispatch(
-            backend=BackendName.CELERY, republish_after=self._republish_after, limit=BATCH
+            backend=BackendName.CELERY,
+            republish_after=self._republish_after,
+            limit=BATCH,
+            except_tools=paused,
         )
         for task in waiting:
             action = "published" if task.dispatched_at is None else "republished"

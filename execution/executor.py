@@ -15,10 +15,12 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from execution.dispatch_gate import DispatchGate, held_message, is_held
 from execution.hooks import ExecutorHook, Failure, Run
 from execution.leases import LeaseKeeper, TaskNoLongerRunning
 from execution.records import TaskRecord
-from execution.store import TaskStore
+from execution.status import TaskStatus
+from execution.store import TaskStore, utcnow
 from execution.time_limits import SoftTimeLimitExceeded
 from execution.tools.registry import (
     InvalidPayload,
@@ -51,6 +53,9 @@ class RunOutcome(StrEnum):
     ABANDONED = "abandoned"
     """The attempt lost the task while it ran (time limit, cancel, a newer attempt): nothing
     it did afterwards was stored."""
+    HELD = "held"
+    """Its tool's dispatch is paused: nothing ran, the task waits QUEUED, never handed over,
+    for the resume (a Celery message is consumed as a no-op, a pool slot freed)."""
 
 
 class TaskCancelled(Exception):
@@ -113,8 +118,11 @@ class TaskExecutor:
         data_dir: Path,
         limits: ExecutorLimits | None = None,
         hooks: Sequence[ExecutorHook] = (),
+        gate: DispatchGate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate
+        """Whose tasks must not start now (paused); backends' sweeps ask it too."""
         self.registry = registry
         self.data_dir = data_dir
         self.limits = limits or ExecutorLimits()
@@ -150,6 +158,9 @@ class TaskExecutor:
     def _claim_and_run(self, task_id: str, recorded_for: str | None) -> RunOutcome:
         for hook in self.hooks:
             hook.before_claim(task_id)
+        held = self.gate.held_tools() if self.gate is not None else frozenset()
+        if held and self._hold(task_id, held, recorded_for):
+            return RunOutcome.HELD
         record = self.store.claim(
             task_id,
             owner=self._lease_owner(),
@@ -172,6 +183,29 @@ class TaskExecutor:
         run = Run(task=record, tool=None, started=time.monotonic(), soft_time_limit=None)
         with structlog.contextvars.bound_contextvars(**_context(record)):
             return self._attempt(run, bound)
+
+    def _hold(self, task_id: str, held: frozenset[str], recorded_for: str | None) -> bool:
+        """Whether the task belongs to a held tool and must not be claimed: a copy handed over
+        before the pause took effect. A QUEUED one is marked never handed over, so the resume
+        (or a sweep) hands it over again; a lost attempt is left to the recovery sweep, which
+        requeues and holds it. Only asked while something is held: one read of the row."""
+        current = self.store.get(task_id)
+        if current is None or not is_held(held, current.tool_id):
+            return False
+        now = utcnow()
+        if current.status is TaskStatus.QUEUED:
+            moved = recorded_for is not None and current.backend != recorded_for
+            if moved or (current.run_after is not None and current.run_after > now):
+                return False  # the claim refuses this copy anyway (another backend, not due)
+            self.store.mark_undispatched(task_id, reason=held_message(current.tool_id))
+        elif not (
+            current.status is TaskStatus.PROCESSING
+            and current.lease_expires_at is not None
+            and current.lease_expires_at < now
+        ):
+            return False  # ended, or running: the claim refuses it as usual
+        log.info("task.held", task_id=task_id, tool_id=current.tool_id, status=current.status)
+        return True
 
     def _attempt(self, run: Run, bound: Any) -> RunOutcome:
         try:

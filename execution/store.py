@@ -120,18 +120,21 @@ class TaskStore:
         rollout_percentage: float | None,
         celery_task_id: str | None = None,
         idempotency_key: str | None = None,
+        held: str | None = None,
     ) -> TaskRecord:
         """Insert a task its dispatcher already routed: CREATED then QUEUED in its history, in
         one commit (the dispatcher's hot path). Raises IntegrityError if the caller already
-        used `idempotency_key`."""
+        used `idempotency_key`. With `held` (why: its tool's dispatch is paused) the task is
+        written as never handed over, with that message."""
         now = utcnow()
+        message = held or "queued"
         record = TaskRecord(
             task_id=task_id,
             user_id=user_id,
             tool_id=tool_id,
             status=TaskStatus.QUEUED,
             progress=0,
-            message="queued",
+            message=message,
             priority=priority,
             payload=payload,
             result=None,
@@ -144,7 +147,7 @@ class TaskStore:
             lease_owner=None,
             lease_expires_at=None,
             run_after=None,
-            dispatched_at=now,
+            dispatched_at=None if held else now,
             cancel_requested_at=None,
             idempotency_key=idempotency_key,
             rollout_bucket=rollout_bucket,
@@ -159,7 +162,7 @@ class TaskStore:
         with self._write_turn, self.engine.begin() as conn:
             conn.execute(INSERT_TASK, record.as_row())
             self._append_event(conn, task_id, TaskStatus.CREATED, 0, "created", now)
-            self._append_event(conn, task_id, TaskStatus.QUEUED, 0, "queued", now)
+            self._append_event(conn, task_id, TaskStatus.QUEUED, 0, message, now)
         return record
 
     def claim(
@@ -571,12 +574,17 @@ class TaskStore:
             return [TaskEvent.from_row(row._mapping) for row in conn.execute(query)]
 
     def queued(
-        self, *, backend: str, unchanged_for: float = 0.0, limit: int | None = None
+        self,
+        *,
+        backend: str,
+        unchanged_for: float = 0.0,
+        limit: int | None = None,
+        except_tools: Collection[str] = (),
     ) -> list[tuple[str, int]]:
         """(task_id, priority) of QUEUED tasks recorded for `backend` and due, oldest first.
 
         `unchanged_for` skips rows written in the last that many seconds (another process is
-        most likely about to run them).
+        most likely about to run them); `except_tools` skips the tasks of those tools (held).
         """
         now = utcnow()
         query = (
@@ -591,6 +599,8 @@ class TaskStore:
         )
         if unchanged_for > 0:
             query = query.where(TASKS.c.updated_at <= now - timedelta(seconds=unchanged_for))
+        if except_tools:
+            query = query.where(TASKS.c.tool_id.not_in(sorted(except_tools)))
         with self.engine.connect() as conn:
             return [(row.task_id, row.priority) for row in conn.execute(query)]
 
@@ -606,11 +616,16 @@ class TaskStore:
             return [TaskRecord.from_row(row._mapping) for row in conn.execute(query)]
 
     def awaiting_dispatch(
-        self, *, backend: str, republish_after: float, limit: int
+        self,
+        *,
+        backend: str,
+        republish_after: float,
+        limit: int,
+        except_tools: Collection[str] = (),
     ) -> list[TaskRecord]:
         """Due QUEUED tasks of `backend` never handed over (a retry after its backoff, a task
         accepted while the broker was down) or handed over `republish_after` seconds ago and
-        still unclaimed (the broker may have lost them)."""
+        still unclaimed (the broker may have lost them); none of `except_tools` (held)."""
         now = utcnow()
         query = (
             select(TASKS)
@@ -626,6 +641,27 @@ class TaskStore:
             .order_by(TASKS.c.priority.desc(), TASKS.c.created_at)
             .limit(limit)
         )
+        if except_tools:
+            query = query.where(TASKS.c.tool_id.not_in(sorted(except_tools)))
+        with self.engine.connect() as conn:
+            return [TaskRecord.from_row(row._mapping) for row in conn.execute(query)]
+
+    def undispatched(self, *, tool_id: str | None, limit: int) -> list[TaskRecord]:
+        """Due QUEUED tasks (of `tool_id`, or of every tool) never handed to their backend
+        (held while their tool was paused, say), highest priority first, then oldest."""
+        now = utcnow()
+        query = (
+            select(TASKS)
+            .where(
+                TASKS.c.status == TaskStatus.QUEUED,
+                TASKS.c.dispatched_at.is_(None),
+                or_(TASKS.c.run_after.is_(None), TASKS.c.run_after <= now),
+            )
+            .order_by(TASKS.c.priority.desc(), TASKS.c.created_at)
+            .limit(limit)
+        )
+        if tool_id is not None:
+            query = query.where(TASKS.c.tool_id == tool_id)
         with self.engine.connect() as conn:
             return [TaskRecord.from_row(row._mapping) for row in conn.execute(query)]
 

@@ -57,6 +57,17 @@ def queued_task(
     )
 
 
+class Paused:
+    """A DispatchGate holding the tools given, as a process's paused rollout would."""
+
+    def __init__(self, *tools: str) -> None:
+        self.tools = frozenset(tools)
+
+    def held_tools(self) -> frozenset[str]:
+        """The held tools ("*": all)."""
+        return self.tools
+
+
 class RecordedProgress:
     """A `progress(pct, message)` that remembers every call instead of writing it."""
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from api.cli import (
+    pause,  # noqa: F401 (registers pause and resume on queue_app)
     prune,
     rollout_checks,  # noqa: F401 (registers compare and advance on rollout_app)
     tasks,

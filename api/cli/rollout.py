@@ -180,7 +180,16 @@ def _routing(routing: dict[str, Any] | None) -> str:
         text += " " + ",".join(f"{k}={v:g}%" for k, v in routing["tool_overrides"].items())
     if routing.get("stickiness") == "user_id":
         text += " by user"
+    if "paused" in routing:
+        text += f"; paused: {paused_tools(routing['paused'])}"
     return text
+
+
+def paused_tools(paused: list[Any]) -> str:
+    """`every tool`, `a, b`, or `no tool`, for a list of paused tools."""
+    if "*" in paused:
+        return "every tool"
+    return ", ".join(map(str, paused)) or "no tool"
 
 
 def _print_rollout(rollout: dict[str, Any]) -> None:
@@ -210,5 +219,9 @@ def _print_rollout(rollout: dict[str, Any]) -> None:
         table.add_row("CELERY_ROLLOUT_PERCENTAGE (this API process)", f"{shown}, {said}")
     if rollout["restore_point"]:
         table.add_row("restore point", _routing(rollout["restore_point"]))
+    if rollout.get("paused"):
+        table.add_row(
+            "dispatch PAUSED", f"{paused_tools(rollout['paused'])} (`switchyard queue resume`)"
+        )
     table.add_row("meaning", rollout["explanation"])
     out.print(table)

@@ -71,6 +71,7 @@ def rollout_out(runtime: Runtime) -> RolloutOut:
         if applied
         else None,
         restore_point=RestorePointOut.model_validate(dict(restore)) if restore else None,
+        paused=sorted(policy.paused),
         explanation=policy.describe(),
     )
 

@@ -35,7 +35,9 @@ router = APIRouter(prefix="/tasks", tags=["tasks"], responses=UNAUTHORIZED)
         200: {"model": TaskRecord, "description": "The task this Idempotency-Key created before"},
         202: {
             "model": TaskRecord,
-            "description": "Broker down and CELERY_UNAVAILABLE=accept: published once it is back",
+            "description": "Accepted, not handed over yet: its tool's dispatch is paused (it "
+            "waits QUEUED for the resume), or the broker is down and CELERY_UNAVAILABLE=accept "
+            "(published once it is back)",
         },
         400: {"model": ErrorOut, "description": "Body nested or numbered past what JSON reads"},
         413: {"model": ErrorOut, "description": "Body larger than MAX_REQUEST_BYTES"},
@@ -72,7 +74,7 @@ def create_task(
     if replayed:
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
-    elif record.dispatched_at is None:  # CELERY_UNAVAILABLE=accept, with the broker down
+    elif record.dispatched_at is None:  # paused, or CELERY_UNAVAILABLE=accept and broker down
         response.status_code = status.HTTP_202_ACCEPTED
     return record
 

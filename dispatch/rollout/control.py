@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from dispatch.rollout.pause import pausing, resuming
 from dispatch.rollout.policy import BUCKETS, Stickiness, check_percentage, cutoff
 from dispatch.rollout.state import RolloutAction, RolloutEvent, RolloutState
 from dispatch.rollout.store import ChangeLimit, NothingToRestore, Transform
@@ -21,6 +22,12 @@ class Reclaimer(Protocol):
     """Moves tasks still QUEUED on Celery back to threads (the dispatcher does)."""
 
     def reclaim(self, *, tool_id: str | None, reason: str) -> int: ...
+
+
+class Releaser(Protocol):
+    """Hands the tasks held while a tool was paused to their backends (the dispatcher does)."""
+
+    def release(self, *, tool_id: str | None) -> int: ...
 
 
 class RolloutInvalid(ValueError):
@@ -63,6 +70,14 @@ class RollbackOutcome:
     reclaimed: int
 
 
+@dataclass(frozen=True, slots=True)
+class ResumeOutcome:
+    """The rollout after a resume, and how many held tasks this process handed over."""
+
+    state: RolloutState
+    released: int
+
+
 class RolloutControl:
     """The one place rollout changes are made: API and CLI both come through here."""
 
@@ -74,6 +89,7 @@ class RolloutControl:
         tasks: TaskStore,
         limit: ChangeLimit | None = None,
         reclaimer: Reclaimer | None = None,
+        releaser: Releaser | None = None,
     ) -> None:
         self._store = watcher.store  # the watcher adopts at once what is written here
         self._watcher = watcher
@@ -81,6 +97,7 @@ class RolloutControl:
         self._tasks = tasks
         self._limit = limit
         self._reclaimer = reclaimer
+        self._releaser = releaser
 
     def set(
         self,
@@ -127,9 +144,7 @@ class RolloutControl:
         Never refused: no version to match, no rate limit, and the same rollback twice leaves
         the same routing (each is still recorded)."""
         reason = _reason(reason)
-        if tool_id is not None and tool_id not in self._registry:
-            known = ", ".join(self._registry)
-            raise RolloutInvalid("tool_id", f"unknown tool {tool_id!r}; known tools: {known}")
+        self._known(tool_id)
 
         def apply(current: RolloutState) -> tuple[RolloutState, Mapping[str, Any] | None]:
             # A rollback in force keeps its restore point: restore goes back to before the
@@ -158,6 +173,32 @@ class RolloutControl:
             return current.with_routing(current.restore_point), None
 
         return self._apply(apply, RolloutAction.RESTORE, actor, reason, None)
+
+    def pause(
+        self, *, tool_id: str | None, actor: str, reason: str, key_id: str | None = None
+    ) -> RolloutState:
+        """Hold the new tasks of `tool_id` (None: of every tool) QUEUED, in every process
+        within ROLLOUT_REFRESH_SECONDS; what was handed over already does not start either.
+        Never refused by the change limit; pausing what is paused writes nothing."""
+        reason = _reason(reason)
+        self._known(tool_id)
+        return self._apply(
+            pausing(tool_id), RolloutAction.PAUSE, actor, reason, None, key_id=key_id
+        )
+
+    def resume(
+        self, *, tool_id: str | None, actor: str, reason: str, key_id: str | None = None
+    ) -> ResumeOutcome:
+        """Dispatch `tool_id` (None: every tool) again, and hand its held tasks to their
+        backends at once, highest priority first; other processes' sweeps take what this one
+        cannot. ResumeRefused for one tool while every tool is paused."""
+        reason = _reason(reason)
+        self._known(tool_id)
+        state = self._apply(
+            resuming(tool_id), RolloutAction.RESUME, actor, reason, None, key_id=key_id
+        )
+        released = self._releaser.release(tool_id=tool_id) if self._releaser else 0
+        return ResumeOutcome(state=state, released=released)
 
     def history(self, *, limit: int, offset: int) -> list[RolloutEvent]:
         """Accepted changes, newest first."""
@@ -192,6 +233,11 @@ class RolloutControl:
             queued=per_backend,
             queued_that_would_move=would_move,
         )
+
+    def _known(self, tool_id: str | None) -> None:
+        if tool_id is not None and tool_id not in self._registry:
+            known = ", ".join(self._registry)
+            raise RolloutInvalid("tool_id", f"unknown tool {tool_id!r}; known tools: {known}")
 
     def _apply(
         self,

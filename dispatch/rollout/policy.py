@@ -15,6 +15,7 @@ from typing import Annotated, NamedTuple
 import xxhash
 from pydantic import Field, TypeAdapter, ValidationError
 
+from execution.dispatch_gate import ALL_TOOLS, is_held
 from execution.status import BackendName
 
 BUCKETS = 10_000
@@ -82,6 +83,8 @@ class RolloutPolicy:
     tool_overrides: Mapping[str, float] = field(default_factory=lambda: frozen_overrides({}))
     stickiness: Stickiness = Stickiness.TASK_ID
     version: int = 0
+    paused: frozenset[str] = frozenset()
+    """Tools whose new tasks wait QUEUED instead of being handed over (ALL_TOOLS: all)."""
 
     _cutoffs: Mapping[str | None, tuple[float, int]] = field(
         init=False, repr=False, compare=False, default_factory=dict
@@ -112,6 +115,10 @@ class RolloutPolicy:
             self.percentage > 0 or any(share > 0 for share in self.tool_overrides.values())
         )
 
+    def is_paused(self, tool_id: str) -> bool:
+        """Whether a task of `tool_id` must wait QUEUED, not handed to its backend."""
+        return is_held(self.paused, tool_id)
+
     def share_for(self, tool_id: str | None) -> float:
         """The percentage that applies to a task of `tool_id`."""
         if not self.use_celery:
@@ -136,6 +143,9 @@ class RolloutPolicy:
 
     def describe(self) -> str:
         """What this policy means for a new task, in words."""
+        return self._describe_routing() + _describe_pause(self.paused)
+
+    def _describe_routing(self) -> str:
         if not self.use_celery:
             return "USE_CELERY is false: every new task runs on the thread backend"
         overrides = ", ".join(
@@ -153,6 +163,15 @@ class RolloutPolicy:
                 "the rest on threads"
             )
         return head + tail
+
+
+def _describe_pause(paused: frozenset[str]) -> str:
+    if not paused:
+        return ""
+    if ALL_TOOLS in paused:
+        return "; dispatch is PAUSED for every tool: new tasks wait QUEUED until resumed"
+    tools = ", ".join(sorted(paused))
+    return f"; dispatch is PAUSED for {tools}: their new tasks wait QUEUED until resumed"
 
 
 class RoutingDecision(NamedTuple):

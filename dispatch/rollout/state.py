@@ -27,10 +27,17 @@ class RolloutAction(StrEnum):
     started with before: the new value was adopted."""
     ADVANCE = "advance"
     """An operator moved to the next step of the schedule, after the cohort checks."""
+    PAUSE = "pause"
+    """An operator paused dispatch of a tool, or of all: new tasks wait QUEUED."""
+    RESUME = "resume"
+    """An operator resumed dispatch: the waiting tasks were handed to their backends."""
 
 
 LIMITED_ACTIONS = (RolloutAction.SET, RolloutAction.ADVANCE)
-"""The changes the per-key limit counts and refuses; rollback and restore are never refused."""
+"""The changes the per-key limit counts and refuses; rollback, restore, pause and resume are
+never refused."""
+PAUSE_ACTIONS = (RolloutAction.PAUSE, RolloutAction.RESUME)
+"""The changes whose audit event records the paused tools besides the routing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,9 @@ class RolloutState:
     updated_by: str
     source: RolloutAction = RolloutAction.SEED
     """What made this version: the environment (seed, environment) or an operator."""
+    paused: frozenset[str] = frozenset()
+    """Tools whose dispatch is paused ("*": all). Not part of the routing: a rollback or
+    restore neither pauses nor resumes anything."""
 
     @property
     def rolled_back(self) -> bool:
@@ -63,6 +73,7 @@ class RolloutState:
             tool_overrides=self.tool_overrides,
             stickiness=self.stickiness,
             version=self.version,
+            paused=self.paused,
         )
 
     def routing(self) -> dict[str, Any]:
@@ -72,6 +83,13 @@ class RolloutState:
             "tool_overrides": dict(self.tool_overrides),
             "stickiness": str(self.stickiness),
         }
+
+    def audited(self, action: RolloutAction) -> dict[str, Any]:
+        """What an audit event of `action` records of this state: the routing, and for a
+        pause or resume the paused tools too."""
+        if action in PAUSE_ACTIONS:
+            return {**self.routing(), "paused": sorted(self.paused)}
+        return self.routing()
 
     def with_routing(self, routing: Mapping[str, Any]) -> RolloutState:
         """This state with percentage/overrides/stickiness taken from `routing`."""

@@ -295,6 +295,7 @@ class RolloutStore:
                         stickiness=target.stickiness.value,
                         salt=target.salt,
                         restore_point=dict(restore_point) if restore_point else None,
+                        paused=sorted(target.paused),
                         updated_at=now,
                         updated_by=actor,
                     )
@@ -309,8 +310,8 @@ class RolloutStore:
                             action=action,
                             actor=actor,
                             reason=reason,
-                            before=current.routing(),
-                            after=target.routing(),
+                            before=current.audited(action),
+                            after=target.audited(action),
                             at=now,
                             key_id=key_id,
                         )
@@ -365,6 +366,7 @@ def _load(conn: Connection) -> RolloutState | None:
         updated_at=values["updated_at"],
         updated_by=values["updated_by"],
         source=RolloutAction(values["action"] or RolloutAction.SEED),
+        paused=frozenset(values["paused"] or ()),
     )
 
 

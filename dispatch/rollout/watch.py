@@ -139,6 +139,7 @@ class RolloutWatcher:
                 percentage=state.percentage,
                 overrides=dict(state.tool_overrides),
                 stickiness=str(state.stickiness),
+                paused=sorted(state.paused),
             )
         return previous != state.version
 
