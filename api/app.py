@@ -26,6 +26,7 @@ from api.routes import (
     queue,
     rollout,
     system,
+    task_batch,
     task_stream,
     tasks,
 )
@@ -80,6 +81,7 @@ def create_app(runtime: Runtime, *, owns_runtime: bool = True) -> FastAPI:
         return JSONResponse(status_code=500, content={"detail": "internal error; see the logs"})
 
     app.include_router(tasks.router)
+    app.include_router(task_batch.router)
     app.include_router(failed.router)
     app.include_router(task_stream.router)
     app.include_router(rollout.router)

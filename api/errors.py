@@ -9,9 +9,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.auth import log_denied
-from api.schemas import FieldErrorOut, ValidationErrorOut
+from api.schemas import BatchRefusedOut, FieldErrorOut, ValidationErrorOut
 from backends.base import BackendUnavailable
-from dispatch.dispatcher import TaskRejected
+from dispatch.dispatcher import BatchInvalid, TaskRejected
 from dispatch.rollout.control import RolloutInvalid
 from dispatch.rollout.pause import ResumeRefused
 from dispatch.rollout.store import NothingToRestore, RolloutConflict, RolloutRateLimited
@@ -36,6 +36,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidPayload)
     async def invalid_payload(_: Request, exc: InvalidPayload) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(BatchInvalid)
+    async def invalid_batch(_: Request, exc: BatchInvalid) -> JSONResponse:
+        errors = [
+            FieldErrorOut(loc=["body", "items", p.index, p.field], msg=p.reason, type="value_error")
+            for p in exc.problems[:MAX_REPORTED_ERRORS]
+        ]
+        body = BatchRefusedOut(detail=str(exc), errors=errors)
+        return JSONResponse(status_code=422, content=body.model_dump(exclude_none=True))
 
     @app.exception_handler(RolloutInvalid)
     async def invalid_rollout(_: Request, exc: RolloutInvalid) -> JSONResponse:
@@ -65,6 +74,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def nothing_to_restore(_: Request, exc: NothingToRestore) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
+    @app.exception_handler(ResumeRefused)
+    async def resume_refused(_: Request, exc: ResumeRefused) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
     @app.exception_handler(BackendUnavailable)
     async def unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
         content: dict[str, object] = {"detail": redact_text(exc.reason)}
@@ -73,10 +86,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             status_code=503, content=content, headers={"Retry-After": str(exc.retry_after)}
         )
-
-    @app.exception_handler(ResumeRefused)
-    async def resume_refused(_: Request, exc: ResumeRefused) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": str(exc)})
 
 
 def validation_body(exc: RequestValidationError) -> ValidationErrorOut:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from api.limits import check_storable_json
+from api.settings import BATCH_ITEMS_CEILING
 from dispatch.rollout.policy import Percentage, Stickiness
 from execution.records import TaskRecord
 from execution.status import TaskStatus
@@ -59,6 +60,23 @@ class TaskPage(BaseModel):
     items: list[TaskRecord]
     limit: int
     offset: int
+
+
+class TaskBatchCreate(Strict):
+    """POST /tasks/batch: tasks to create together, at most BATCH_MAX_ITEMS."""
+
+    items: Annotated[list[TaskCreate], Field(min_length=1, max_length=BATCH_ITEMS_CEILING)]
+
+
+class TaskBatchOut(BaseModel):
+    """Every task of a batch, in item order."""
+
+    items: list[TaskRecord]
+    rejected: int = Field(
+        description="Tasks whose backend refused them after they were written (a broker that "
+        "failed mid-batch): CANCELLED with error_code REJECTED, the reason in their message; "
+        "submit those again. The others are QUEUED."
+    )
 
 
 class TaskEventOut(BaseModel):
@@ -257,6 +275,14 @@ class ValidationErrorOut(ErrorOut):
     """A 422: one sentence, then each problem on its own."""
 
     errors: list[FieldErrorOut] = []
+
+
+class BatchRefusedOut(ValidationErrorOut):
+    """A refused batch's 422: the items that do not fit, or too many items."""
+
+    max_items: int | None = Field(
+        default=None, description="With too many items: how many one batch may hold"
+    )
 
 
 class PurgeIn(Strict):

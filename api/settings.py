@@ -20,6 +20,9 @@ from execution.settings import (
     split_list,
 )
 
+BATCH_ITEMS_CEILING = 10_000
+"""The most BATCH_MAX_ITEMS may allow: also the bound the batch schema publishes."""
+
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
@@ -37,6 +40,8 @@ class ApiSettings(SettingsGroup):
     rollout_change_limit: Annotated[int, Field(ge=1, le=1000)] = 10
     """How many rollout changes one API key may make per ROLLOUT_CHANGE_WINDOW_SECONDS."""
     rollout_change_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    batch_max_items: Annotated[int, Field(ge=1, le=BATCH_ITEMS_CEILING)] = 500
+    """Items one POST /tasks/batch may hold; MAX_REQUEST_BYTES bounds its body as well."""
 
     @field_validator("cors_origins")
     @classmethod

@@ -64,8 +64,13 @@ class TaskBackend(ABC):
 
         Either way its attempt notices the request at its next progress call or heartbeat."""
 
-    def check_capacity(self) -> None:
-        """Raise BackendFull before a task is created if this backend could not take it."""
+    def check_capacity(self, tasks: int = 1) -> None:
+        """Raise BackendFull before tasks are created if this backend could not take `tasks`
+        more."""
+
+    def check_open(self) -> None:
+        """Raise BackendUnavailable if a hand-over would be refused now without being tried (a
+        broker that failed moments ago): a batch is then refused before any row is written."""
 
     def start(self) -> None:
         """Begin taking work."""

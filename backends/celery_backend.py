@@ -116,6 +116,13 @@ class CircuitBreaker:
             self._trial = False
             return was_closed
 
+    def cooling_down(self) -> float:
+        """Seconds before an open breaker lets a trial call through; 0 if one would go now."""
+        with self._lock:
+            if self._open_until is None:
+                return 0.0
+            return max(0.0, self._open_until - self._clock())
+
     def abandoned(self, trial: bool) -> None:
         """The call failed for a reason of its own, which says nothing about the broker."""
         if trial:
@@ -170,16 +177,18 @@ class CeleryBackend(TaskBackend):
         finally:
             self._slots.release()
 
+    def check_open(self) -> None:
+        """Refuse at once while the breaker is open: a publish failed moments ago."""
+        wait = self._breaker.cooling_down()
+        if wait > 0:
+            raise self._cooling_down(wait)
+
     def _publish(self, task: TaskRecord) -> None:
         # Asked only now, holding a slot: a publish that waited for one while the others
         # timed out finds the breaker open and does not wait a socket timeout of its own.
         trial, wait = self._breaker.admit()
         if wait > 0:
-            raise BackendUnavailable(
-                f"celery broker unreachable at {self._broker()}: it failed moments ago; "
-                f"publishing resumes in {wait:.1f} s",
-                retry_after=max(1, math.ceil(wait)),
-            )
+            raise self._cooling_down(wait)
         spec = self._registry[task.tool_id]
         try:
             self._app.send_task(
@@ -206,6 +215,13 @@ class CeleryBackend(TaskBackend):
             raise
         if self._breaker.succeeded():
             log.info("celery.publishing_resumed", broker=self._broker())
+
+    def _cooling_down(self, wait: float) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"celery broker unreachable at {self._broker()}: it failed moments ago; "
+            f"publishing resumes in {wait:.1f} s",
+            retry_after=max(1, math.ceil(wait)),
+        )
 
     def interrupt(self, task: TaskRecord) -> None:
         """Raise SoftTimeLimitExceeded inside the running tool (Celery's revoke with SIGUSR1):

@@ -115,11 +115,19 @@ class ThreadPoolBackend(TaskBackend):
             except Exception as exc:  # a database blip: try again next round
                 log.warning("backend.sweep_failed", backend=self.name, error=str(exc))
 
-    def check_capacity(self) -> None:
-        if self._queue.qsize() >= self._capacity:
+    def check_capacity(self, tasks: int = 1) -> None:
+        waiting = self._queue.qsize()
+        if waiting + tasks <= self._capacity:
+            return
+        if tasks == 1:
             raise BackendFull(
                 f"thread backend queue is full ({self._capacity} tasks waiting)", retry_after=2
             )
+        raise BackendFull(
+            f"thread backend queue cannot take {tasks} more tasks ({waiting} of "
+            f"{self._capacity} places taken)",
+            retry_after=2,
+        )
 
     def enqueue(self, task: TaskRecord) -> None:
         with self._lock:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +20,16 @@ from execution.dispatch_gate import held_message, is_held
 from execution.metrics import Metrics
 from execution.records import TaskRecord
 from execution.status import BackendName, TaskStatus
-from execution.store import TaskStore
-from execution.tools.registry import ToolRegistry
+from execution.store import QueuedTask, TaskStore
+from execution.tools.registry import InvalidPayload, Tool, ToolRegistry, UnknownTool
 
 log = structlog.get_logger(__name__)
 
 RELEASE_LIMIT = 5_000
 """Held tasks one resume hands over at once; the sweeps take any beyond it."""
+
+REJECTED = "REJECTED"
+"""The error_code of a task its backend refused after its row was written (it ends CANCELLED)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,32 @@ class TaskRejected(BackendUnavailable):
 
 class IdempotencyConflict(ValueError):
     """The Idempotency-Key was used before for a different request."""
+
+
+class PriorityOutOfRange(ValueError):
+    """A task's priority is outside 0-9."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemProblem:
+    """Why one item of a batch cannot be created."""
+
+    index: int
+    field: str
+    """tool_id, payload or priority"""
+    reason: str
+
+
+class BatchInvalid(ValueError):
+    """Items of a batch do not fit; none of the batch was created."""
+
+    def __init__(self, problems: Sequence[ItemProblem]) -> None:
+        self.problems = list(problems)
+        shown = "; ".join(f"item {p.index}: {p.reason}" for p in self.problems[:3])
+        more = len(self.problems) - 3
+        super().__init__(
+            f"invalid batch, nothing created: {shown}" + (f" (and {more} more)" if more > 0 else "")
+        )
 
 
 def _as_json(*values: Any) -> str:
@@ -122,11 +152,7 @@ class Dispatcher:
     def submit_once(self, request: NewTask) -> tuple[TaskRecord, bool]:
         """`submit`, and whether the task existed already under the request's idempotency key
         (then it is returned as it is now, and nothing new is created)."""
-        spec = self.registry[request.tool_id]
-        payload = spec.validate_payload(request.payload)
-        priority = spec.priority if request.priority is None else request.priority
-        if not 0 <= priority <= 9:
-            raise ValueError(f"priority {priority} is outside 0-9")
+        spec, payload, priority = self._checked(request)
         if request.idempotency_key is not None:
             existing = self._replay(request, payload, priority)
             if existing is not None:
@@ -177,6 +203,104 @@ class Dispatcher:
             percentage=decision.percentage,
         )
         return queued, False
+
+    def submit_many(self, requests: Sequence[NewTask]) -> list[TaskRecord]:
+        """Create every task in one transaction, each routed on its own, then hand each to its
+        backend; the rows in request order.
+
+        All or nothing up to the commit: BatchInvalid (every bad item, by index) if any item
+        names an unknown tool or carries a payload or priority that does not fit;
+        BackendUnavailable if a backend could not take its share (its queue is full, a broker
+        that just failed while CELERY_UNAVAILABLE=reject) or does not run here. Then each
+        hand-over is a single submit's: a task its backend refuses is returned as its row says
+        (CANCELLED REJECTED, or kept QUEUED under CELERY_UNAVAILABLE=accept or threads), the
+        others are unaffected. Items carry no idempotency key.
+        """
+        checked: list[tuple[Tool, Any, int]] = []
+        problems: list[ItemProblem] = []
+        for index, request in enumerate(requests):
+            if request.idempotency_key is not None:
+                raise ValueError("a batch item cannot carry an idempotency key")
+            try:
+                checked.append(self._checked(request))
+            except UnknownTool as exc:
+                problems.append(ItemProblem(index, "tool_id", str(exc)))
+            except (InvalidPayload, PriorityOutOfRange) as exc:
+                field = "payload" if isinstance(exc, InvalidPayload) else "priority"
+                problems.append(ItemProblem(index, field, str(exc)))
+        if problems:
+            raise BatchInvalid(problems)
+        policy = self.rollout.current()
+        rows: list[QueuedTask] = []
+        backends: list[TaskBackend] = []
+        for request, (spec, payload, priority) in zip(requests, checked, strict=True):
+            task_id = str(uuid.uuid4())
+            decision = route_task(
+                policy, user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
+            )
+            backend = self._backend(decision.backend)
+            paused = policy.is_paused(spec.tool_id)
+            rows.append(
+                QueuedTask(
+                    task_id=task_id,
+                    user_id=request.user_id,
+                    tool_id=spec.tool_id,
+                    payload=payload,
+                    priority=priority,
+                    backend=decision.backend,
+                    rollout_bucket=decision.bucket,
+                    rollout_percentage=decision.percentage,
+                    celery_task_id=backend.external_id(task_id),
+                    held=held_message(spec.tool_id) if paused else None,
+                )
+            )
+            backends.append(backend)
+        self._check_shares(rows)
+        created = self.store.create_queued_many(rows)
+        # Handed over only after the commit, as a single submit: a worker always finds its row.
+        results = [
+            self._hand_over_one(policy, backend, queued)
+            for backend, queued in zip(backends, created, strict=True)
+        ]
+        if self.metrics is not None:
+            for row in rows:
+                self.metrics.dispatch.labels(row.backend, policy.reason_for(row.tool_id)).inc()
+        log.info(
+            "tasks.batch_dispatched",
+            tasks=len(rows),
+            backends=dict(Counter(row.backend for row in rows)),
+            refused=sum(r.error_code == REJECTED for r in results),
+        )
+        return results
+
+    def _check_shares(self, rows: Sequence[QueuedTask]) -> None:
+        """Refuse the batch unless every backend can take its share of the tasks handed over
+        now (held ones wait for the resume)."""
+        for name, count in Counter(row.backend for row in rows if not row.held).items():
+            backend = self._backend(name)
+            backend.check_capacity(count)
+            if name == BackendName.CELERY and self.broker_down is BrokerDown.REJECT:
+                backend.check_open()
+
+    def _hand_over_one(
+        self, policy: RolloutPolicy, backend: TaskBackend, queued: TaskRecord
+    ) -> TaskRecord:
+        """One committed task of a batch to its backend; a refusal ends in the row, not the
+        batch."""
+        try:
+            return self._dispatch_new(policy, backend, queued)
+        except TaskRejected:
+            return self.store.get(queued.task_id) or queued
+
+    def _checked(self, request: NewTask) -> tuple[Tool, Any, int]:
+        """The tool, the payload as it will run, and the priority; UnknownTool, InvalidPayload
+        or PriorityOutOfRange if the request does not fit."""
+        spec = self.registry[request.tool_id]
+        payload = spec.validate_payload(request.payload)
+        priority = spec.priority if request.priority is None else request.priority
+        if not 0 <= priority <= 9:
+            raise PriorityOutOfRange(f"priority {priority} is outside 0-9")
+        return spec, payload, priority
 
     def retry(self, task_id: str, *, actor: str) -> TaskRecord | None:
         """Run a FAILED or CANCELLED task again, on the backend the rollout gives it now; None
@@ -300,7 +424,7 @@ class Dispatcher:
                 if kept is not None:
                     return kept
         self.store.cancel(
-            queued.task_id, reason=f"not accepted: {refused.reason}", error_code="REJECTED"
+            queued.task_id, reason=f"not accepted: {refused.reason}", error_code=REJECTED
         )
         log.warning(
             "task.rejected", task_id=queued.task_id, backend=backend.name, reason=refused.reason
@@ -350,7 +474,7 @@ class Dispatcher:
                 f"Idempotency-Key {request.idempotency_key!r} was used for another request "
                 f"(task {existing.task_id}); use a new key for a new task"
             )
-        if existing.status is TaskStatus.CANCELLED and existing.error_code == "REJECTED":
+        if existing.status is TaskStatus.CANCELLED and existing.error_code == REJECTED:
             # Its backend refused it (the client got a 503): sending the key again is the
             # retry the 503 asked for, of the same task.
             return self.retry(existing.task_id, actor=request.user_id) or existing

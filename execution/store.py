@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +32,7 @@ from execution.task_statements import (
     ADD_ONE,
     EVENTS,
     INSERT_EVENT,
+    INSERT_FIRST_EVENT,
     INSERT_TASK,
     SELECT_TASK,
     AddOne,
@@ -93,6 +94,58 @@ class Waiting:
         return max(0.0, (now - self.oldest_due).total_seconds())
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A task its dispatcher routed, to be written QUEUED (`TaskStore.create_queued_many`)."""
+
+    task_id: str
+    user_id: str
+    tool_id: str
+    payload: Any
+    priority: int
+    backend: str
+    rollout_bucket: int | None
+    rollout_percentage: float | None
+    celery_task_id: str | None = None
+    idempotency_key: str | None = None
+    held: str | None = None
+    """Why it is not handed over yet (its tool's dispatch is paused); None: handed at once."""
+
+    def record(self, now: datetime) -> TaskRecord:
+        """The row as it is first written: QUEUED since `now`."""
+        return TaskRecord(
+            task_id=self.task_id,
+            user_id=self.user_id,
+            tool_id=self.tool_id,
+            status=TaskStatus.QUEUED,
+            progress=0,
+            message=self.held or "queued",
+            priority=self.priority,
+            payload=self.payload,
+            result=None,
+            error_code=None,
+            error_message=None,
+            backend=self.backend,
+            celery_task_id=self.celery_task_id,
+            attempts=0,
+            attempts_before_retry=0,
+            lease_owner=None,
+            lease_expires_at=None,
+            run_after=None,
+            dispatched_at=None if self.held else now,
+            cancel_requested_at=None,
+            idempotency_key=self.idempotency_key,
+            rollout_bucket=self.rollout_bucket,
+            rollout_percentage=self.rollout_percentage,
+            created_at=now,
+            queued_at=now,
+            processing_started_at=None,
+            completed_at=None,
+            failed_at=None,
+            updated_at=now,
+        )
+
+
 class TaskStore:
     """Reads and writes task rows; a transition that does not apply changes nothing."""
 
@@ -126,44 +179,40 @@ class TaskStore:
         one commit (the dispatcher's hot path). Raises IntegrityError if the caller already
         used `idempotency_key`. With `held` (why: its tool's dispatch is paused) the task is
         written as never handed over, with that message."""
-        now = utcnow()
-        message = held or "queued"
-        record = TaskRecord(
+        task = QueuedTask(
             task_id=task_id,
             user_id=user_id,
             tool_id=tool_id,
-            status=TaskStatus.QUEUED,
-            progress=0,
-            message=message,
-            priority=priority,
             payload=payload,
-            result=None,
-            error_code=None,
-            error_message=None,
+            priority=priority,
             backend=backend,
-            celery_task_id=celery_task_id,
-            attempts=0,
-            attempts_before_retry=0,
-            lease_owner=None,
-            lease_expires_at=None,
-            run_after=None,
-            dispatched_at=None if held else now,
-            cancel_requested_at=None,
-            idempotency_key=idempotency_key,
             rollout_bucket=rollout_bucket,
             rollout_percentage=rollout_percentage,
-            created_at=now,
-            queued_at=now,
-            processing_started_at=None,
-            completed_at=None,
-            failed_at=None,
-            updated_at=now,
+            celery_task_id=celery_task_id,
+            idempotency_key=idempotency_key,
+            held=held,
         )
+        return self.create_queued_many([task])[0]
+
+    def create_queued_many(self, tasks: Sequence[QueuedTask]) -> list[TaskRecord]:
+        """Insert routed tasks, each as `create_queued` would, all in one transaction: every
+        row and its events are written, or (IntegrityError, say) none is."""
+        if not tasks:
+            return []
+        now = utcnow()
+        records = [task.record(now) for task in tasks]
+        events = [
+            {"task_id": r.task_id, "seq": seq, "status": status, "message": message, "at": now}
+            for r in records
+            for seq, status, message in (
+                (1, TaskStatus.CREATED, "created"),
+                (2, TaskStatus.QUEUED, r.message),
+            )
+        ]
         with self._write_turn, self.engine.begin() as conn:
-            conn.execute(INSERT_TASK, record.as_row())
-            self._append_event(conn, task_id, TaskStatus.CREATED, 0, "created", now)
-            self._append_event(conn, task_id, TaskStatus.QUEUED, 0, message, now)
-        return record
+            conn.execute(INSERT_TASK, [record.as_row() for record in records])
+            conn.execute(INSERT_FIRST_EVENT, events)
+        return records
 
     def claim(
         self, task_id: str, *, owner: str, lease_seconds: float, backend: str | None = None

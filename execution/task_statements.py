@@ -46,6 +46,10 @@ NEXT_SEQ = (
 INSERT_EVENT = insert(EVENTS).values(
     {**binds(EVENTS, ("task_id", "status", "progress", "message", "at")), "seq": NEXT_SEQ}
 )
+INSERT_FIRST_EVENT = insert(EVENTS).values(
+    {**binds(EVENTS, ("task_id", "seq", "status", "message", "at")), "progress": 0}
+)
+"""A new task's first events: their numbers are known (1, 2), so no NEXT_SEQ lookup."""
 SELECT_TASK = select(TASKS).where(TASKS.c.task_id == bindparam("task_id"))
 
 

@@ -58,7 +58,7 @@ class CommitCheckingBackend(RecordingBackend):
 class FullBackend(RecordingBackend):
     """A backend whose queue is at capacity."""
 
-    def check_capacity(self) -> None:
+    def check_capacity(self, tasks: int = 1) -> None:
         raise BackendFull("full", retry_after=2)
 
 
