@@ -9,6 +9,7 @@ import typer
 
 from api.cli.bootstrap import KeyFileError, read_key_file
 from api.cli.console import fail, settings_or_exit
+from api.client import error_of
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 """Where `switchyard serve` listens with the default HOST and PORT."""
@@ -58,12 +59,6 @@ def call_api(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any
 
 def fail_on_error(response: httpx.Response) -> None:
     """Exit with one line (status and detail) if `response` is an error; a streamed one is read."""
-    if response.status_code < 400:
-        return
-    response.read()
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    wait = response.headers.get("Retry-After")
-    fail(f"{response.status_code}: {detail}" + (f" (retry after {wait} s)" if wait else ""))
+    error = error_of(response)
+    if error is not None:
+        fail(str(error))

@@ -13,6 +13,7 @@ from httpx_sse import SSEError, connect_sse
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.cli import batch_file
 from api.cli.client import (
     DEFAULT_API_URL,
     ApiKeyOption,
@@ -21,7 +22,7 @@ from api.cli.client import (
     call_api,
     fail_on_error,
 )
-from api.cli.console import err, fail, out, print_table
+from api.cli.console import err, fail, out, print_table, settings_or_exit
 from api.cli.health import fetch_health, print_health
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -40,16 +41,36 @@ POLL_SECONDS = 0.3
 
 
 def submit(
-    tool_id: Annotated[str, typer.Argument(help="A tool id from `switchyard tools`.")],
+    tool_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="A tool id from `switchyard tools`.", show_default="none with --from-file"
+        ),
+    ] = None,
     payload: Annotated[str, typer.Option(help="The payload as a JSON object.")] = "{}",
     priority: Annotated[int | None, typer.Option(min=0, max=9, help="0-9, 9 highest.")] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Show a progress bar until the task ends.")
     ] = False,
+    from_file: Annotated[
+        str | None,
+        typer.Option(
+            "--from-file",
+            help='Submit a JSON Lines file (- for stdin), one {"tool_id", "payload", '
+            '"priority"} per line: every line is checked first, then sent in batches; the task '
+            "ids are printed in line order.",
+        ),
+    ] = None,
     url: UrlOption = DEFAULT_API_URL,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Create a task through the API; with --wait, follow it to the end."""
+    """Create a task through the API; with --wait, follow it to the end. With --from-file,
+    create many."""
+    if from_file is not None:
+        _submit_file(from_file, tool_id, payload, priority, wait, url, api_key)
+        return
+    if tool_id is None:
+        fail("give a tool id (`switchyard tools` lists them), or --from-file FILE")
     try:
         body = json.loads(payload)
     except json.JSONDecodeError as exc:
@@ -67,6 +88,28 @@ def submit(
             _print_task(task)
             if task["status"] != "COMPLETED":
                 raise typer.Exit(1)
+
+
+def _submit_file(
+    source: str,
+    tool_id: str | None,
+    payload: str,
+    priority: int | None,
+    wait: bool,
+    url: str,
+    api_key: str | None,
+) -> None:
+    """`submit --from-file`: each line carries its own tool, payload and priority."""
+    if tool_id is not None or payload != "{}" or priority is not None:
+        fail("--from-file takes no tool id, --payload or --priority: each line has its own")
+    if wait:
+        fail("--wait follows one task; after --from-file, `switchyard tasks --wait SECONDS`")
+    items = batch_file.read_items(source)
+    with api_client(url, api_key) as client:
+        batch_file.check_tools(client, items, source)
+        limit = settings_or_exit().batch_max_items
+        tasks = batch_file.send(client, items, batch_size=limit)
+    batch_file.report_rejected(tasks, items)
 
 
 def status(

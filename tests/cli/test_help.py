@@ -62,7 +62,7 @@ def test_help_text_has_no_stray_space_before_a_full_stop(command: tuple[str, ...
 @pytest.mark.parametrize(
     ("command", "usage"),
     [
-        (("submit",), "switchyard submit [OPTIONS] TOOL_ID"),
+        (("submit",), "switchyard submit [OPTIONS] [TOOL_ID]"),
         (("status",), "switchyard status [OPTIONS] [TASK_ID]"),
         (("keys", "revoke"), "switchyard keys revoke [OPTIONS] KEY_ID"),
         (("rollout", "set"), "switchyard rollout set [OPTIONS] PERCENTAGE"),
