@@ -1,4 +1,5 @@
-"""Running a document's ```sh blocks as a reader would: one shell, long-running commands apart.
+"""Running a document's ```sh blocks as a reader would: one shell, long-running commands apart
+(and finding its ```python blocks, which test_readme_python.py runs).
 
 Shared by the tests that keep rollout.md and README.md honest.
 """
@@ -16,12 +17,18 @@ from tests.helpers import wait_until
 from tests.integration.workers import stop_process_group
 
 SH_BLOCK = re.compile(r"```sh\n(.*?)```", re.S)
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 FENCED_BLOCK = re.compile(r"^```(\S*)\n.*?^```", re.S | re.M)
 
 
 def shell_blocks(document: Path) -> list[str]:
     """The document's ```sh blocks, in order."""
     return [block.strip() for block in SH_BLOCK.findall(document.read_text())]
+
+
+def python_blocks(document: Path) -> list[str]:
+    """The document's ```python blocks, in order."""
+    return [block.strip() + "\n" for block in PYTHON_BLOCK.findall(document.read_text())]
 
 
 def fence_languages(document: Path) -> set[str]:
