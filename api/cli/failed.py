@@ -91,18 +91,19 @@ def retry_failed(
         "until": until.isoformat(),
         "limit": limit,
     }
-    what = _described(tool=tool, code=code, since=since)
+    which = _qualified(tool=tool, code=code, since=since)
     with api_client(url, api_key) as client:
         if dry_run or not yes:
             preview = call_api(client, "POST", "/tasks/retry", params={**params, "dry_run": True})
-            count = f"{len(preview['matched'])} {what}" + _more(preview)
+            matched = len(preview["matched"])
+            count = f"{matched} task{'' if matched == 1 else 's'} {which}{_more(preview)}"
             if dry_run:
                 out.print(f"would retry {count}", highlight=False, soft_wrap=True)
                 for task_id in preview["matched"]:
                     out.print(task_id, highlight=False)
                 return
             if not preview["matched"]:
-                out.print(f"nothing to retry: no {what}", highlight=False, soft_wrap=True)
+                out.print(f"nothing to retry: no tasks {which}", highlight=False, soft_wrap=True)
                 return
             _confirm(f"Retry {count}?")
         answer = call_api(client, "POST", "/tasks/retry", params=params)
@@ -122,9 +123,9 @@ def _filters(
     return params
 
 
-def _described(*, tool: str | None, code: str | None, since: str) -> str:
-    """`tasks of tool X with error code C that failed in the last 1h`."""
-    parts = ["tasks"]
+def _qualified(*, tool: str | None, code: str | None, since: str) -> str:
+    """`of tool X with error code C that failed in the last 1h`."""
+    parts = []
     if tool is not None:
         parts.append(f"of tool {tool}")
     if code is not None:

@@ -99,6 +99,8 @@ def test_a_dry_run_shows_how_many_and_which_and_retries_nothing(stack: Stack) ->
     assert lines[0] == "would retry 2 tasks of tool divide that failed in the last 1h"
     assert sorted(lines[1:]) == sorted(tasks)
     assert {status_of(stack, task_id) for task_id in [*tasks, other]} == {TaskStatus.FAILED}
+    one = switchyard(stack, "retry", "--tool", "fail", "--since", "1h", "--dry-run").output
+    assert one.splitlines() == ["would retry 1 task of tool fail that failed in the last 1h", other]
 
 
 def test_retry_asks_with_the_count_and_retries_only_when_told_yes(stack: Stack) -> None:
