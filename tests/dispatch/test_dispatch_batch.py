@@ -17,6 +17,7 @@ from dispatch.dispatcher import REJECTED, BatchInvalid, Dispatcher, NewTask, rou
 from dispatch.rollout.policy import RolloutPolicy
 from dispatch.rollout.watch import StaticRollout
 from dispatch.settings import BrokerDown
+from execution.dispatch_gate import held_message
 from execution.records import TaskRecord
 from execution.status import TaskStatus
 from execution.store import TaskFilter, TaskStore
@@ -208,3 +209,22 @@ def test_a_batch_routed_to_a_backend_this_process_does_not_run_is_refused_whole(
     with pytest.raises(BackendUnavailable, match="celery backend, which this process does not"):
         dispatcher.submit_many(_noops(20))
     assert _rows(store) == []
+
+
+def test_items_of_a_paused_tool_are_held_and_take_no_place_in_the_pool(
+    store: TaskStore, registry: ToolRegistry, thread_backends: ThreadBackendFactory
+) -> None:
+    pool = thread_backends(workers=1, capacity=1)
+    paused = RolloutPolicy(use_celery=False, percentage=0, salt="s", paused=frozenset({"noop"}))
+    dispatcher = _dispatcher(store, registry, {"thread": pool}, policy=paused)
+    requests = [*_noops(3), NewTask(tool_id="echo", payload={}, user_id="app")]
+
+    created = dispatcher.submit_many(requests)
+
+    assert [(r.tool_id, r.status, r.dispatched_at is None) for r in created] == [
+        ("noop", TaskStatus.QUEUED, True),
+        ("noop", TaskStatus.QUEUED, True),
+        ("noop", TaskStatus.QUEUED, True),
+        ("echo", TaskStatus.QUEUED, False),
+    ]
+    assert {r.message for r in created[:3]} == {held_message("noop")}

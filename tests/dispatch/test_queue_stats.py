@@ -60,9 +60,7 @@ def test_stats_count_tasks_and_show_the_pool_and_a_broker_that_is_down(
     assert claim(store, ended.task_id) is not None
     assert store.complete(ended.task_id, attempt=1, result={}) is not None
 
-    stats = queue_stats(
-        _check(store, {"thread": pool, "celery": dead_broker}), store, paused={"report", "echo"}
-    )
+    stats = queue_stats(_check(store, {"thread": pool, "celery": dead_broker}), store)
 
     assert stats.database == "ok"
     assert stats.tasks == {
@@ -84,7 +82,6 @@ def test_stats_count_tasks_and_show_the_pool_and_a_broker_that_is_down(
     assert broker.reason is not None
     assert broker.reason.startswith(f"the broker at {broker.address} does not answer: ")
     assert stats.reasons == ["the celery backend cannot take work (broker_down)"]
-    assert stats.paused == ["echo", "report"]
 
 
 def test_without_celery_in_this_process_the_broker_is_said_to_be_elsewhere(
@@ -92,7 +89,7 @@ def test_without_celery_in_this_process_the_broker_is_said_to_be_elsewhere(
 ) -> None:
     queued_task(store, tool_id="echo", backend="celery")  # routed by another process
 
-    stats = queue_stats(_check(store, {"thread": thread_backends()}), store, paused=())
+    stats = queue_stats(_check(store, {"thread": thread_backends()}), store)
 
     assert stats.broker == BrokerStats(
         state="not_in_this_process",
