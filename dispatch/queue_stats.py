@@ -7,6 +7,7 @@ broker is down and why instead of hanging.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -56,12 +57,14 @@ class QueueStats:
     """Per backend: state, queued (its QUEUED rows), oldest_waiting_seconds."""
     thread_pool: ThreadPoolStats | None
     broker: BrokerStats
+    paused: list[str]
+    """Tools whose dispatch is paused ("*": every tool): their tasks wait QUEUED."""
     reasons: list[str]
     """Why the process reports itself degraded (the health check's reasons)."""
 
 
-def queue_stats(check: HealthCheck, store: TaskStore) -> QueueStats:
-    """Now: one GROUP BY over the tasks plus the health report."""
+def queue_stats(check: HealthCheck, store: TaskStore, *, paused: Collection[str]) -> QueueStats:
+    """Now: one GROUP BY over the tasks plus the health report; `paused` is the rollout's."""
     report = check.report()
     try:
         tally = store.tally()
@@ -82,6 +85,7 @@ def queue_stats(check: HealthCheck, store: TaskStore) -> QueueStats:
         backends=backends,
         thread_pool=_thread_pool(report),
         broker=_broker(report),
+        paused=sorted(paused),
         reasons=report.reasons,
     )
 

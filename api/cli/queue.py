@@ -83,12 +83,19 @@ def _print_purge(outcome: dict[str, Any]) -> None:
 @queue_app.command("stats")
 def stats(url: UrlOption = DEFAULT_API_URL, api_key: ApiKeyOption = None) -> None:
     """Tasks by status and backend, the thread pool, the broker's queues and workers, the
-    oldest wait; answers (saying the broker is down) even when Redis is not."""
+    oldest wait, the paused tools; answers (saying the broker is down) even when Redis is
+    not."""
     with api_client(url, api_key) as client:
         body = call_api(client, "GET", "/queue/stats")
     _print_tasks(body)
     _print_backends(body)
     _print_broker(body["broker"])
+    paused = body["paused"]
+    if paused:
+        tools = "every tool" if "*" in paused else ", ".join(paused)
+        out.print(f"[bold yellow]dispatch paused:[/] {tools}", highlight=False, soft_wrap=True)
+    else:
+        out.print("dispatch paused: none", highlight=False)
     for reason in body["reasons"]:
         out.print(f"[bold red]degraded:[/] {reason}", highlight=False, soft_wrap=True)
 

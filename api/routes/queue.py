@@ -58,6 +58,7 @@ def purge(body: PurgeIn, runtime: RuntimeDep, caller: OperatorDep) -> PurgeOut:
 @router.get("/stats", response_model=QueueStats, responses=OPERATORS_ONLY)
 def stats(runtime: RuntimeDep, caller: OperatorDep) -> QueueStats:
     """Tasks by status and backend, this process's thread pool (busy, idle, waiting,
-    capacity), the broker's queue lengths and live workers, and the oldest wait per backend.
-    Answers within a probe's wait even when Redis is down or frozen, and then says so."""
-    return queue_stats(runtime.health, runtime.store)
+    capacity), the broker's queue lengths and live workers, the oldest wait per backend, and
+    the paused tools. Answers within a probe's wait even when Redis is down or frozen, and
+    then says so."""
+    return queue_stats(runtime.health, runtime.store, paused=runtime.rollout.current().paused)

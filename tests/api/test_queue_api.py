@@ -103,7 +103,9 @@ def test_a_bad_or_missing_filter_is_a_422_and_changes_nothing(
     )
 
 
-def test_stats_count_by_status_and_backend(auth_api: ApiUnderTest) -> None:
+def test_stats_count_by_status_and_backend_and_list_the_paused_tools(
+    auth_api: ApiUnderTest,
+) -> None:
     ops = auth_api.issue("ops", Role.OPERATOR)
     _submit(auth_api, ops, "noop", 2)
 
@@ -117,3 +119,9 @@ def test_stats_count_by_status_and_backend(auth_api: ApiUnderTest) -> None:
     assert body["broker"]["state"] == "not_in_this_process"
     assert body["thread_pool"] is None  # the recording backend is no pool
     assert body["reasons"] == []
+    assert body["paused"] == []
+    paused = auth_api.client.post(
+        "/queue/pause", json={"tool_id": "noop", "reason": "incident"}, headers=ops.headers
+    )
+    assert paused.status_code == 200, paused.text
+    assert auth_api.client.get("/queue/stats", headers=ops.headers).json()["paused"] == ["noop"]

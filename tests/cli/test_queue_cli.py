@@ -147,3 +147,11 @@ def test_stats_prints_the_tables(served: ApiUnderTest, ops: Keyholder) -> None:
     assert queued.split("│")[1:-1] == [" QUEUED     ", " 3      ", " 3     "]
     assert "celery broker: not_in_this_process" in result.output
     assert "this process does not publish to Celery (USE_CELERY=false)" in result.output
+    assert "dispatch paused: none" in result.output
+    served.client.post(
+        "/queue/pause", json={"reason": "incident"}, headers=ops.headers
+    ).raise_for_status()
+
+    paused = switchyard(ops, "queue", "stats")
+
+    assert "dispatch paused: every tool" in paused.output

@@ -60,7 +60,9 @@ def test_stats_count_tasks_and_show_the_pool_and_a_broker_that_is_down(
     assert claim(store, ended.task_id) is not None
     assert store.complete(ended.task_id, attempt=1, result={}) is not None
 
-    stats = queue_stats(_check(store, {"thread": pool, "celery": dead_broker}), store)
+    stats = queue_stats(
+        _check(store, {"thread": pool, "celery": dead_broker}), store, paused={"report", "echo"}
+    )
 
     assert stats.database == "ok"
     assert stats.tasks == {
@@ -82,6 +84,7 @@ def test_stats_count_tasks_and_show_the_pool_and_a_broker_that_is_down(
     assert broker.reason is not None
     assert broker.reason.startswith(f"the broker at {broker.address} does not answer: ")
     assert stats.reasons == ["the celery backend cannot take work (broker_down)"]
+    assert stats.paused == ["echo", "report"]
 
 
 def test_without_celery_in_this_process_the_broker_is_said_to_be_elsewhere(
@@ -89,7 +92,7 @@ def test_without_celery_in_this_process_the_broker_is_said_to_be_elsewhere(
 ) -> None:
     queued_task(store, tool_id="echo", backend="celery")  # routed by another process
 
-    stats = queue_stats(_check(store, {"thread": thread_backends()}), store)
+    stats = queue_stats(_check(store, {"thread": thread_backends()}), store, paused=())
 
     assert stats.broker == BrokerStats(
         state="not_in_this_process",

@@ -256,6 +256,7 @@ def test_stats_on_the_live_stack(stack: Stack) -> None:
     assert body["backends"]["thread"]["oldest_waiting_seconds"] >= 0
     assert body["broker"]["state"] == "ok"
     assert set(body["broker"]["queues"]) == {"default"}
+    assert body["paused"] == []
     assert cli.returncode == 0, cli.stderr
     assert f"celery broker at {rig.redis.url}: ok" in cli.stdout
     assert f"celery workers: {worker.hostname}" in cli.stdout
