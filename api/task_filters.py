@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator
 
 from api.auth import CallerDep, log_denied
 from api.keys import USER_ID_PATTERN
@@ -15,6 +15,16 @@ from execution.status import BackendName, TaskStatus
 from execution.store import TaskFilter
 
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"  # PostgreSQL refuses NUL in text
+
+
+def _iso_8601_only(value: object) -> object:
+    """Pydantic would read a bare number as a Unix time; the schema promises an ISO 8601 time."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("expected an ISO 8601 time with its zone, e.g. 2026-11-30T09:00:00Z")
+    return value
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601_only)]
 
 
 def task_filter(
@@ -32,14 +42,14 @@ def task_filter(
         ),
     ] = None,
     since: Annotated[
-        AwareDatetime | None,
+        IsoTime | None,
         Query(
             description="Last changed at or after this ISO 8601 time, with its zone "
             "(2026-11-30T09:00:00Z); a FAILED task last changed when it failed",
         ),
     ] = None,
     until: Annotated[
-        AwareDatetime | None, Query(description="Last changed before this ISO 8601 time")
+        IsoTime | None, Query(description="Last changed before this ISO 8601 time")
     ] = None,
     user_id: Annotated[
         str | None,

@@ -50,6 +50,7 @@ def test_failed_tasks_are_listed_by_tool_error_code_and_window(stack: Stack) -> 
     [
         ({"since": "2026-11-30T09:00:00"}, "since", "timezone"),
         ({"until": "yesterday"}, "until", "datetime"),
+        ({"until": "244750146"}, "until", "ISO 8601"),  # not read as a Unix time
         (
             {"since": "2026-11-30T10:00:00Z", "until": "2026-11-30T09:00:00Z"},
             "until",

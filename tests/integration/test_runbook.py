@@ -77,5 +77,6 @@ def test_every_command_in_the_runbook_runs(operator: Shell) -> None:
     assert {e.actor for e in history} - {"environment"} == {"operator"}
     drill = [e.reason.split(": ", 1)[1] for e in history[3::-1]]
     assert drill == ["raise to 50 %", "roll back under load", "restore", "put back as found"]
-    assert history[0].after == history[4].after
+    # Routing as the drill found it (the change before it may also show the paused tools).
+    assert history[0].after.items() <= history[4].after.items()
     runtime.engine.dispose()
