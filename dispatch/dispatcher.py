@@ -157,29 +157,12 @@ class Dispatcher:
             existing = self._replay(request, payload, priority)
             if existing is not None:
                 return existing, True
-        task_id = str(uuid.uuid4())
         policy = self.rollout.current()
-        decision = route_task(
-            policy, user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
-        )
-        backend = self._backend(decision.backend)
-        paused = policy.is_paused(spec.tool_id)
-        if not paused:
+        row, backend = self._routed(policy, request, spec, payload, priority)
+        if row.held is None:
             backend.check_capacity()
         try:
-            queued = self.store.create_queued(
-                task_id=task_id,
-                user_id=request.user_id,
-                tool_id=spec.tool_id,
-                payload=payload,
-                priority=priority,
-                backend=decision.backend,
-                rollout_bucket=decision.bucket,
-                rollout_percentage=decision.percentage,
-                celery_task_id=backend.external_id(task_id),
-                idempotency_key=request.idempotency_key,
-                held=held_message(spec.tool_id) if paused else None,
-            )
+            (queued,) = self.store.create_queued_many([row])
         except IntegrityError:
             # The same key raced us in another request: it won, and its task is the answer.
             existing = self._replay(request, payload, priority)
@@ -191,16 +174,16 @@ class Dispatcher:
         queued = self._dispatch_new(policy, backend, queued)
         if self.metrics is not None:
             reason = policy.reason_for(spec.tool_id)
-            self.metrics.dispatch.labels(decision.backend, reason).inc()
+            self.metrics.dispatch.labels(row.backend, reason).inc()
         # DEBUG: the row and its QUEUED event record the routing; a task's one INFO line is the
         # executor's, saying how it ended (an INFO line costs about as much as a status write).
         log.debug(
             "task.dispatched",
-            task_id=task_id,
+            task_id=row.task_id,
             tool_id=spec.tool_id,
-            backend=decision.backend,
-            bucket=decision.bucket,
-            percentage=decision.percentage,
+            backend=row.backend,
+            bucket=row.rollout_bucket,
+            percentage=row.rollout_percentage,
         )
         return queued, False
 
@@ -234,26 +217,8 @@ class Dispatcher:
         rows: list[QueuedTask] = []
         backends: list[TaskBackend] = []
         for request, (spec, payload, priority) in zip(requests, checked, strict=True):
-            task_id = str(uuid.uuid4())
-            decision = route_task(
-                policy, user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
-            )
-            backend = self._backend(decision.backend)
-            paused = policy.is_paused(spec.tool_id)
-            rows.append(
-                QueuedTask(
-                    task_id=task_id,
-                    user_id=request.user_id,
-                    tool_id=spec.tool_id,
-                    payload=payload,
-                    priority=priority,
-                    backend=decision.backend,
-                    rollout_bucket=decision.bucket,
-                    rollout_percentage=decision.percentage,
-                    celery_task_id=backend.external_id(task_id),
-                    held=held_message(spec.tool_id) if paused else None,
-                )
-            )
+            row, backend = self._routed(policy, request, spec, payload, priority)
+            rows.append(row)
             backends.append(backend)
         self._check_shares(rows)
         created = self.store.create_queued_many(rows)
@@ -272,6 +237,30 @@ class Dispatcher:
             refused=sum(r.error_code == REJECTED for r in results),
         )
         return results
+
+    def _routed(
+        self, policy: RolloutPolicy, request: NewTask, spec: Tool, payload: Any, priority: int
+    ) -> tuple[QueuedTask, TaskBackend]:
+        """A new task routed by `policy` (held if its tool is paused), and its backend."""
+        task_id = str(uuid.uuid4())
+        decision = route_task(
+            policy, user_id=request.user_id, task_id=task_id, tool_id=spec.tool_id
+        )
+        backend = self._backend(decision.backend)
+        row = QueuedTask(
+            task_id=task_id,
+            user_id=request.user_id,
+            tool_id=spec.tool_id,
+            payload=payload,
+            priority=priority,
+            backend=decision.backend,
+            rollout_bucket=decision.bucket,
+            rollout_percentage=decision.percentage,
+            celery_task_id=backend.external_id(task_id),
+            idempotency_key=request.idempotency_key,
+            held=held_message(spec.tool_id) if policy.is_paused(spec.tool_id) else None,
+        )
+        return row, backend
 
     def _check_shares(self, rows: Sequence[QueuedTask]) -> None:
         """Refuse the batch unless every backend can take its share of the tasks handed over
