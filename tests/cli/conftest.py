@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from fastapi.testclient import TestClient
 
 from api.settings import Settings
 
@@ -45,3 +48,18 @@ def switchyard(tmp_path: Path) -> RunSwitchyard:
         )
 
     return run
+
+
+def serve_in_process(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, *commands: ModuleType
+) -> None:
+    """Make the commands of each CLI module talk to the app behind `client`, in-process, with
+    the --api-key they are given (every command in these tests is given one)."""
+
+    def client_for(url: str, api_key: str | None) -> nullcontext[TestClient]:
+        assert api_key is not None, "every command here is given --api-key"
+        client.headers["Authorization"] = f"Bearer {api_key}"
+        return nullcontext(client)
+
+    for module in commands:
+        monkeypatch.setattr(module, "api_client", client_for)

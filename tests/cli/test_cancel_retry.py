@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import Result
@@ -22,6 +20,7 @@ from execution.records import TaskRecord
 from execution.status import TaskStatus
 from tests.api.conftest import ApiUnderTest, Keyholder
 from tests.api.reliability_tools import Tools, reliable_api
+from tests.cli.conftest import serve_in_process
 from tests.helpers import wait_until
 
 SERVER_LOG = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[|\{\"")
@@ -38,13 +37,7 @@ def tools() -> Tools:
 def served(tmp_path: Path, tools: Tools, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiUnderTest]:
     """The app over a one-worker thread pool; the commands talk to it in-process."""
     with reliable_api(tmp_path, tools, background_workers=1) as api:
-
-        def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-            assert api_key is not None, "every command here is given --api-key"
-            api.client.headers["Authorization"] = f"Bearer {api_key}"
-            return nullcontext(api.client)
-
-        monkeypatch.setattr(tasks_cli, "api_client", client_for)
+        serve_in_process(api.client, monkeypatch, tasks_cli)
         yield api
 
 

@@ -7,10 +7,8 @@ given; what they print and how they exit is what an operator sees.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import Result
@@ -20,19 +18,14 @@ from api.cli import failed as failed_cli
 from api.cli.app import app
 from execution.status import TaskStatus
 from tests.api.failed_stack import Stack, failed_stack
+from tests.cli.conftest import serve_in_process
 
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """The app (see tests/api/failed_stack.py), served in-process to the commands."""
     with failed_stack(tmp_path) as stack:
-
-        def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-            assert api_key is not None, "every command here is given --api-key"
-            stack.client.headers["Authorization"] = f"Bearer {api_key}"
-            return nullcontext(stack.client)
-
-        monkeypatch.setattr(failed_cli, "api_client", client_for)
+        serve_in_process(stack.client, monkeypatch, failed_cli)
         yield stack
 
 

@@ -7,7 +7,7 @@ the requests they send are recorded, to tell a stream from polling.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from api.cli import tasks as tasks_cli
 from api.cli.app import app
 from tests.api.conftest import ApiUnderTest, Keyholder
 from tests.api.reliability_tools import Tools, reliable_api
+from tests.cli.conftest import serve_in_process
 from tests.cli.test_cancel_retry import assert_one_line_error, create, printed
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,16 +40,11 @@ def served(
     """The app over a real thread pool; the commands talk to it in-process."""
     with reliable_api(tmp_path, Tools()) as api:
 
-        def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-            assert api_key is not None, "every command here is given --api-key"
-            api.client.headers["Authorization"] = f"Bearer {api_key}"
-            return nullcontext(api.client)
-
         def record(request: httpx.Request) -> None:
             requests.append(f"{request.method} {request.url.path}")
 
         api.client.event_hooks["request"] = [record]
-        monkeypatch.setattr(tasks_cli, "api_client", client_for)
+        serve_in_process(api.client, monkeypatch, tasks_cli)
         monkeypatch.setattr(tasks_cli, "STREAM_BACKOFF_SECONDS", 0.0)
         yield api
 

@@ -3,9 +3,6 @@ handed over; `rollout status` shows the pause; a refusal is one line with the re
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any
-
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -16,6 +13,7 @@ from api.cli.app import app
 from api.keys import Role
 from tests.api.conftest import ApiUnderTest, BuildApi, Keyholder
 from tests.api.conftest import build_api as build_api  # the fixture
+from tests.cli.conftest import serve_in_process
 
 
 @pytest.fixture
@@ -23,13 +21,7 @@ def served(build_api: BuildApi, monkeypatch: pytest.MonkeyPatch) -> ApiUnderTest
     """The app; the commands talk to it in-process."""
     api = build_api()
 
-    def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-        assert api_key is not None, "every command here is given --api-key"
-        api.client.headers["Authorization"] = f"Bearer {api_key}"
-        return nullcontext(api.client)
-
-    monkeypatch.setattr(pause_cli, "api_client", client_for)
-    monkeypatch.setattr(rollout_cli, "api_client", client_for)
+    serve_in_process(api.client, monkeypatch, pause_cli, rollout_cli)
     return api
 
 

@@ -6,9 +6,6 @@ they exit is what an operator sees.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any
-
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -19,6 +16,7 @@ from api.keys import Role
 from execution.status import TaskStatus
 from tests.api.conftest import ApiUnderTest, BuildApi, Keyholder
 from tests.api.conftest import build_api as build_api  # the fixture, shared with tests/api
+from tests.cli.conftest import serve_in_process
 
 
 @pytest.fixture
@@ -26,12 +24,7 @@ def served(build_api: BuildApi, monkeypatch: pytest.MonkeyPatch) -> ApiUnderTest
     """An app whose thread backend keeps every task QUEUED; the commands talk to it."""
     api = build_api()
 
-    def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-        assert api_key is not None, "every command here is given --api-key"
-        api.client.headers["Authorization"] = f"Bearer {api_key}"
-        return nullcontext(api.client)
-
-    monkeypatch.setattr(queue_cli, "api_client", client_for)
+    serve_in_process(api.client, monkeypatch, queue_cli)
     return api
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
-from typing import Any
 
 import pytest
 from click.testing import Result
@@ -15,6 +13,7 @@ from api.cli.app import app
 from api.keys import Role
 from tests.api.conftest import ApiUnderTest, BuildApi, Keyholder
 from tests.api.conftest import build_api as build_api  # the fixture
+from tests.cli.conftest import serve_in_process
 from tests.helpers import queued_task
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a request would fail differently
@@ -49,12 +48,7 @@ def served(build_api: BuildApi, monkeypatch: pytest.MonkeyPatch) -> ApiUnderTest
     """The app with a change limit of one; `switchyard rollout` talks to it in-process."""
     api = build_api(rollout_change_limit=1)
 
-    def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-        assert api_key is not None, "every command here is given --api-key"
-        api.client.headers["Authorization"] = f"Bearer {api_key}"
-        return nullcontext(api.client)
-
-    monkeypatch.setattr(rollout_cli, "api_client", client_for)
+    serve_in_process(api.client, monkeypatch, rollout_cli)
     return api
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import Result
@@ -26,6 +24,7 @@ from backends.testing import RecordingBackend
 from dispatch.rollout.control import RolloutChange
 from execution.tools.registry import load_registry
 from tests.api.conftest import api_settings
+from tests.cli.conftest import serve_in_process
 from tests.dispatch.rollout.cohort_rows import Clock, cohort_of, install_clock
 
 
@@ -45,13 +44,7 @@ def runtime(tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> It
     )
     runtime.prepare_database()
     with TestClient(create_app(runtime)) as client:
-
-        def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-            assert api_key is not None, "every command here is given --api-key"
-            client.headers["Authorization"] = f"Bearer {api_key}"
-            return nullcontext(client)
-
-        monkeypatch.setattr(rollout_checks, "api_client", client_for)
+        serve_in_process(client, monkeypatch, rollout_checks)
         yield runtime
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any
-
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -16,6 +13,7 @@ from backends.base import BackendHealth
 from backends.testing import RecordingBackend
 from tests.api.conftest import ApiUnderTest, BuildApi, Keyholder
 from tests.api.conftest import build_api as build_api  # the fixture, shared with tests/api
+from tests.cli.conftest import serve_in_process
 
 
 class SaturatedPool(RecordingBackend):
@@ -26,20 +24,11 @@ class SaturatedPool(RecordingBackend):
         return BackendHealth(ok=False, state="saturated", counts=counts)
 
 
-def _in_process(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    def client_for(url: str, api_key: str | None) -> nullcontext[Any]:
-        assert api_key is not None
-        api.client.headers["Authorization"] = f"Bearer {api_key}"
-        return nullcontext(api.client)
-
-    monkeypatch.setattr(tasks_cli, "api_client", client_for)
-
-
 @pytest.fixture
 def healthy(build_api: BuildApi, monkeypatch: pytest.MonkeyPatch) -> ApiUnderTest:
     """An app whose one backend takes work."""
     api = build_api()
-    _in_process(api, monkeypatch)
+    serve_in_process(api.client, monkeypatch, tasks_cli)
     return api
 
 
@@ -66,7 +55,7 @@ def test_status_exits_1_and_says_why_when_degraded(
     build_api: BuildApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api = build_api(backend=SaturatedPool(name="thread"))
-    _in_process(api, monkeypatch)
+    serve_in_process(api.client, monkeypatch, tasks_cli)
 
     result = switchyard(api.issue("ops", Role.OPERATOR), "status")
 

@@ -4,14 +4,12 @@ another transaction holds (a retry under way) instead of deleting them under it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, update
 
-from execution import database
 from execution.job_leases import JobLeases
 from execution.records import TASKS
 from execution.retention import prune
@@ -21,6 +19,7 @@ from tests.dispatch.rollout.cohort_rows import Clock
 from tests.execution.aged_tasks import aged, ended
 from tests.execution.lease_race import EVERY, race
 from tests.helpers import queued_task
+from tests.integration.conftest import postgres_engines
 from tests.integration.servers import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -31,12 +30,8 @@ PROCESSES = 8
 @pytest.fixture
 def engines(postgres_server: PostgresServer) -> Iterator[list[Engine]]:
     """A fresh migrated database, and one engine per simulated process."""
-    url = postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
-    engines = [database.make_engine(url) for _ in range(PROCESSES)]
-    database.upgrade(engines[0])
-    yield engines
-    for engine in engines:
-        engine.dispose()
+    with postgres_engines(postgres_server, PROCESSES) as engines:
+        yield engines
 
 
 def test_processes_racing_for_the_retention_lease_run_it_once_per_interval(

@@ -4,7 +4,6 @@ lock as SQLite's do: separate engines stand for separate API processes."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
@@ -22,10 +21,10 @@ from dispatch.rollout.store import (
     RolloutRateLimited,
     RolloutStore,
 )
-from execution import database
 from execution.status import TaskStatus
 from execution.store import TaskStore
 from tests.helpers import queued_task
+from tests.integration.conftest import postgres_engines
 from tests.integration.servers import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -37,12 +36,8 @@ T = TypeVar("T")
 @pytest.fixture
 def engines(postgres_server: PostgresServer) -> Iterator[list[Engine]]:
     """A fresh migrated database, and one engine per simulated API process."""
-    url = postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
-    engines = [database.make_engine(url) for _ in range(PROCESSES)]
-    database.upgrade(engines[0])
-    yield engines
-    for engine in engines:
-        engine.dispose()
+    with postgres_engines(postgres_server, PROCESSES) as engines:
+        yield engines
 
 
 def at_once(calls: list[Callable[[], T]]) -> list[T | BaseException]:
