@@ -22,9 +22,16 @@ from execution.store import TaskStore
 from execution.time_limits import SoftTimeLimit
 from execution.tools.registry import ToolRegistry
 from tests.helpers import operator_client
-from tests.tools import Gate, build_registry
+from tests.tools import Gate, build_registry, wake_hung_threads
 
 ThreadBackendFactory = Callable[..., ThreadPoolBackend]
+
+
+@pytest.fixture(autouse=True)
+def no_hung_thread_outlives_its_test() -> Iterator[None]:
+    """A `hangs` task's abandoned thread would wake in a later test and log into its output."""
+    yield
+    wake_hung_threads()
 
 
 @pytest.fixture

@@ -101,12 +101,28 @@ def picky(ctx: ToolContext) -> dict[str, Any]:
 HUNG = threading.Event()
 """Never set by a test: what a `hangs` task waits on (for GATE_TIMEOUT at most)."""
 
+_HANGING: set[threading.Thread] = set()
+"""The threads inside `hangs` now: abandoned by their executor, they outlive their test."""
+
 
 @tool("hangs", time_limit=1)
 def hangs(ctx: ToolContext) -> dict[str, Any]:
     """Ignore every signal and block, past its one-second hard limit."""
+    _HANGING.add(threading.current_thread())
     HUNG.wait(GATE_TIMEOUT)
     return {"woke": True}
+
+
+def wake_hung_threads() -> None:
+    """End every `hangs` call still blocking, and wait for its thread: left alone it would wake
+    up to GATE_TIMEOUT later, in another test, and log into that test's captured output."""
+    if not _HANGING:
+        return
+    HUNG.set()
+    for thread in list(_HANGING):
+        thread.join(GATE_TIMEOUT)
+    _HANGING.clear()
+    HUNG.clear()
 
 
 @tool("silent")
