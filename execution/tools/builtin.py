@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from execution.tools.find_duplicates import find_duplicates
 from execution.tools.profile_csv import profile_csv
 from execution.tools.registry import ToolContext, tool
 
-__all__ = ["fail", "noop", "probe", "profile_csv", "sleep"]
+__all__ = ["fail", "find_duplicates", "noop", "probe", "profile_csv", "sleep"]
 
 
 class _Strict(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any, Self, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from execution.tools.data_paths import DataPathError, resolve_data_path
 from execution.tools.registry import ToolContext, tool
 
 NULL_MARKERS = frozenset({"", "na", "n/a", "null", "none", "nan"})
@@ -127,10 +128,10 @@ def _open_source(payload: dict[str, Any], data_dir: Path) -> tuple[TextIO, int]:
     if payload.get("csv") is not None:
         text = str(payload["csv"])
         return io.StringIO(text), max(len(text), 1)
-    root = data_dir.resolve()
-    target = (root / str(payload["path"])).resolve()
-    if not target.is_relative_to(root):
-        raise CsvInputError(f"path {payload['path']!r} is outside the data directory")
+    try:
+        target = resolve_data_path(data_dir, str(payload["path"]))
+    except DataPathError as exc:
+        raise CsvInputError(str(exc)) from None
     if not target.is_file():
         raise CsvInputError(f"no CSV file at {payload['path']!r} in the data directory")
     return target.open(newline="", encoding="utf-8"), max(target.stat().st_size, 1)
