@@ -15,8 +15,7 @@ from sqlalchemy import Column, Engine, RowMapping, String, Table, func, insert, 
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.limits import check_storable_json
-from execution.models import Base
-from execution.store import utcnow
+from execution.models import Base, utcnow
 
 
 class ApiKeyRow(Base):

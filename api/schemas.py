@@ -6,6 +6,7 @@ task's fields, so the API cannot fall behind the table.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -52,6 +53,22 @@ class TaskCreate(Strict):
     def _storable(cls, payload: dict[str, Any]) -> dict[str, Any]:
         check_storable_json(payload)
         return payload
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView(TaskRecord):
+    """One task as GET /tasks/{task_id} shows it: the record, and a parallel job's batches."""
+
+    batches: dict[str, int] | None = None
+    """A parallel job's batches by status, with their `total`; None for any other task."""
+
+    @classmethod
+    def of(cls, record: TaskRecord, counts: dict[TaskStatus, int] | None) -> TaskView:
+        batches = None
+        if counts:
+            batches = {"total": sum(counts.values())}
+            batches.update((str(status), count) for status, count in sorted(counts.items()))
+        return cls(**record.as_row(), batches=batches)
 
 
 class TaskPage(BaseModel):

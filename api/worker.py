@@ -34,9 +34,9 @@ from execution.store import TaskStore
 from execution.tools.registry import ToolLoadError, ToolRegistry, load_registry
 
 
-def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerServices:
+def worker_services(settings: Settings, registry: ToolRegistry, app: Celery) -> WorkerServices:
     """One worker process's executor, and the rollout deciding which tasks it hands back and
-    which it holds (paused)."""
+    which it holds (paused). A parallel job it runs publishes its batches through `app`."""
     engine = database.make_engine(settings.database_url)
     # Workers honour the stored rollout only: USE_CELERY is the switch of the processes that
     # create tasks, and a worker without it set must not hand every task back.
@@ -52,6 +52,7 @@ def worker_services(settings: Settings, registry: ToolRegistry) -> WorkerService
         soft_limit_errors=(SoftTimeLimitExceeded,),
         gate=PauseGate(rollout),
     )
+    executor.parallel.hand_over = celery_publisher(settings, app, registry).enqueue_batches
 
     def hand_back_to(tool_id: str) -> str | None:
         # No stored rollout yet (no API process ever started): nothing to hand back to.
@@ -113,7 +114,7 @@ def build_worker_app(settings: Settings, *, registry: ToolRegistry | None = None
     """A Celery app with the run task registered, ready for `worker_main`."""
     tools = registry or load_registry(settings.tool_modules)
     app = make_celery_app(settings, tools)
-    register_run_task(app, PerProcess(lambda: worker_services(settings, tools)), tools)
+    register_run_task(app, PerProcess(lambda: worker_services(settings, tools, app)), tools)
     sweep = WorkerRecovery(settings, app, tools)
     worker_ready.connect(sweep.start, weak=False)
     worker_shutdown.connect(sweep.stop, weak=False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from execution.batch_records import BatchRecord
 from execution.records import TaskRecord
 from execution.status import TaskStatus
 
@@ -54,6 +56,11 @@ class TaskBackend(ABC):
     @abstractmethod
     def enqueue(self, task: TaskRecord) -> None:
         """Put the task where a worker will find it; raise BackendUnavailable if it cannot."""
+
+    def enqueue_batches(self, job: TaskRecord, batches: Sequence[BatchRecord]) -> None:
+        """Put batches of the parallel job `job` (recorded for this backend) where its workers
+        run them; raise BackendUnavailable if it cannot (the sweeps try again)."""
+        raise BackendUnavailable(f"the {self.name} backend does not run batches here")
 
     def external_id(self, task_id: str) -> str | None:
         """The id this backend will know the task by, recorded before submission."""

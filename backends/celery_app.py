@@ -18,6 +18,9 @@ from execution.tools.registry import ToolRegistry
 RUN_TASK = "switchyard.run_task"
 """The task an older API published for every tool; workers still run it (rolling upgrades)."""
 
+BATCH_TASK = "switchyard.batch"
+"""One batch of a parallel job: `(task_id, batch_no)`; the rows hold the rest."""
+
 TOOL_TASK_PREFIX = "switchyard.tool."
 """Each tool's tasks are published as `switchyard.tool.<tool_id>`, so Flower, `celery inspect`
 and `celery events` show which tool a task runs; every one runs the same TaskExecutor."""

@@ -8,12 +8,13 @@ up waiting on Redis and reads and /health keep answering.
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -22,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from backends.base import BackendHealth, BackendUnavailable, TaskBackend
 from backends.celery_app import (
+    BATCH_TASK,
     BROKER_ERRORS,
     BROKER_SOCKET_TIMEOUT,
     celery_kill_after,
@@ -31,6 +33,7 @@ from backends.celery_app import (
     tool_task_name,
     warn_if_no_persistence,
 )
+from execution.batch_records import BatchRecord
 from execution.records import TaskRecord
 from execution.redaction import redact_text, redact_url
 from execution.tools.registry import ToolRegistry
@@ -162,8 +165,17 @@ class CeleryBackend(TaskBackend):
         warn_if_no_persistence(self._app, process="api")
 
     def enqueue(self, task: TaskRecord) -> None:
+        self._with_slot(lambda: self._publish(task))
+
+    def enqueue_batches(self, job: TaskRecord, batches: Sequence[BatchRecord]) -> None:
+        """One Celery task per batch, on the job's queue at its priority: prefork children
+        run them side by side."""
+        for batch in batches:
+            self._with_slot(functools.partial(self._publish, job, batch_no=batch.batch_no))
+
+    def _with_slot(self, publish: Callable[[], None]) -> None:
         if self._slots is None:
-            self._publish(task)
+            publish()
             return
         if not self._slots.acquire(timeout=PUBLISH_SLOT_WAIT_SECONDS):
             reason = (
@@ -173,7 +185,7 @@ class CeleryBackend(TaskBackend):
             self._failed(reason)
             raise BackendUnavailable(reason, retry_after=math.ceil(BREAKER_COOLDOWN_SECONDS))
         try:
-            self._publish(task)
+            publish()
         finally:
             self._slots.release()
 
@@ -183,19 +195,21 @@ class CeleryBackend(TaskBackend):
         if wait > 0:
             raise self._cooling_down(wait)
 
-    def _publish(self, task: TaskRecord) -> None:
+    def _publish(self, task: TaskRecord, *, batch_no: int | None = None) -> None:
+        """Publish the task, or with `batch_no` that batch of the job `task`."""
         # Asked only now, holding a slot: a publish that waited for one while the others
         # timed out finds the breaker open and does not wait a socket timeout of its own.
         trial, wait = self._breaker.admit()
         if wait > 0:
             raise self._cooling_down(wait)
         spec = self._registry[task.tool_id]
+        whole = batch_no is None
         try:
             self._app.send_task(
-                tool_task_name(task.tool_id),
-                args=(task.task_id,),
-                argsrepr=task_argsrepr(task.task_id),
-                task_id=task.celery_task_id,
+                tool_task_name(task.tool_id) if whole else BATCH_TASK,
+                args=(task.task_id,) if whole else (task.task_id, batch_no),
+                argsrepr=task_argsrepr(task.task_id) + ("" if whole else f", batch_no={batch_no}"),
+                task_id=task.celery_task_id if whole else None,
                 queue=spec.queue,
                 priority=redis_priority(task.priority),
                 time_limit=celery_kill_after(spec.time_limit) if spec.time_limit else None,

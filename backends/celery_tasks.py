@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import structlog
 from celery import Celery, Task
 
-from backends.celery_app import RUN_TASK, tool_task_name
+from backends.celery_app import BATCH_TASK, RUN_TASK, tool_task_name
 from execution.executor import RunOutcome, TaskExecutor
 from execution.redaction import redact_text
 from execution.status import BackendName
@@ -95,7 +95,8 @@ class PerProcess:
 
 def register_run_task(app: Celery, services: PerProcess, registry: ToolRegistry) -> None:
     """Register `switchyard.tool.<tool_id>` for every tool, and `switchyard.run_task` for the
-    messages an older API published: each takes only the task_id; the row holds the rest."""
+    messages an older API published: each takes only the task_id; the row holds the rest.
+    `switchyard.batch` runs one batch of a parallel job: `(task_id, batch_no)`."""
 
     def run_task(self: Task, task_id: str) -> str:  # type: ignore[type-arg]
         tool_id = getattr(self.request, "switchyard_tool_id", None)
@@ -103,3 +104,9 @@ def register_run_task(app: Celery, services: PerProcess, registry: ToolRegistry)
 
     for name in [RUN_TASK, *(tool_task_name(tool_id) for tool_id in registry)]:
         app.task(name=name, ignore_result=True, bind=True, throws=(TaskFailed,))(run_task)
+
+    def run_batch(task_id: str, batch_no: int) -> str:
+        services.get().executor.run_batch(task_id, batch_no, recorded_for=BackendName.CELERY)
+        return "ran"
+
+    app.task(name=BATCH_TASK, ignore_result=True)(run_batch)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Sequence
 from queue import PriorityQueue
 
 import structlog
 
 from backends.base import BackendFull, BackendHealth, TaskBackend
+from execution.batch_records import BatchRecord
 from execution.dispatch_gate import ALL_TOOLS
 from execution.executor import TaskExecutor
 from execution.records import TaskRecord
@@ -18,6 +20,8 @@ log = structlog.get_logger(__name__)
 
 _STOP = ""  # a task_id that never exists; sorts ahead of every task (see _STOP_KEY)
 _STOP_KEY = -100
+NO_BATCH = -1
+"""The batch number of a pool entry that is a whole task, not one batch of a parallel job."""
 
 
 class ThreadPoolBackend(TaskBackend):
@@ -37,8 +41,9 @@ class ThreadPoolBackend(TaskBackend):
         self._workers = workers
         self._capacity = capacity
         self._sweep_interval = sweep_interval
-        self._queue: PriorityQueue[tuple[int, int, str]] = PriorityQueue()
+        self._queue: PriorityQueue[tuple[int, int, str, int]] = PriorityQueue()
         self._waiting: set[str] = set()
+        self._waiting_batches: set[tuple[str, int]] = set()
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -57,6 +62,7 @@ class ThreadPoolBackend(TaskBackend):
             self._accepting = True
             self._threads = [self._new_thread() for _ in range(self._workers)]
         self._executor.leases.subscribe(self._replace)
+        self._executor.parallel.hand_over = self.enqueue_batches
         recovered = self._sweep(unchanged_for=0.0)
         for thread in self._threads:
             thread.start()
@@ -97,12 +103,20 @@ class ThreadPoolBackend(TaskBackend):
         found = self._executor.store.queued(
             backend=self.name, unchanged_for=unchanged_for, limit=self._capacity, except_tools=held
         )
+        batches = self._executor.store.batches.awaiting_hand_over(
+            backend=self.name, unchanged_for=unchanged_for, limit=self._capacity, except_tools=held
+        )
         taken = 0
         with self._lock:
             for task_id, priority in found:
                 if task_id not in self._waiting:
                     self._waiting.add(task_id)
-                    self._queue.put((-priority, next(self._order), task_id))
+                    self._queue.put((-priority, next(self._order), task_id, NO_BATCH))
+                    taken += 1
+            for batch, job in batches:
+                if (batch.task_id, batch.batch_no) not in self._waiting_batches:
+                    self._waiting_batches.add((batch.task_id, batch.batch_no))
+                    self._queue.put((-job.priority, next(self._order), job.task_id, batch.batch_no))
                     taken += 1
         return taken
 
@@ -135,7 +149,7 @@ class ThreadPoolBackend(TaskBackend):
                 raise BackendFull("thread backend is shutting down", retry_after=5)
             self.check_capacity()
             self._waiting.add(task.task_id)
-            self._queue.put((-task.priority, next(self._order), task.task_id))
+            self._queue.put((-task.priority, next(self._order), task.task_id, NO_BATCH))
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:
@@ -145,7 +159,7 @@ class ThreadPoolBackend(TaskBackend):
             self._stopped.set()
             left = self._queue.qsize()
             for _ in self._threads:
-                self._queue.put((_STOP_KEY, -1, _STOP))
+                self._queue.put((_STOP_KEY, -1, _STOP, NO_BATCH))
         log.info("backend.stopping", backend=self.name, unstarted=left, timeout=timeout)
         end = time.monotonic() + timeout
         for thread in [*self._threads, *([self._sweeper] if self._sweeper else [])]:
@@ -187,16 +201,32 @@ class ThreadPoolBackend(TaskBackend):
             },
         )
 
+    def enqueue_batches(self, job: TaskRecord, batches: Sequence[BatchRecord]) -> None:
+        """Past the capacity bound, as recovered tasks are: the job was accepted already.
+        They wait at the job's priority; the pool's threads run them, never more at once."""
+        with self._lock:
+            if not self._accepting:
+                raise BackendFull("thread backend is shutting down", retry_after=5)
+            for batch in batches:
+                self._waiting_batches.add((job.task_id, batch.batch_no))
+                self._queue.put((-job.priority, next(self._order), job.task_id, batch.batch_no))
+
     def _work(self) -> None:
         while True:
-            _, _, task_id = self._queue.get()
+            _, _, task_id, batch_no = self._queue.get()
             if task_id == _STOP:
                 return
             with self._lock:
-                self._waiting.discard(task_id)
+                if batch_no == NO_BATCH:
+                    self._waiting.discard(task_id)
+                else:
+                    self._waiting_batches.discard((task_id, batch_no))
                 self._running += 1
             try:
-                self._executor.run(task_id, recorded_for=self.name)
+                if batch_no == NO_BATCH:
+                    self._executor.run(task_id, recorded_for=self.name)
+                else:
+                    self._executor.run_batch(task_id, batch_no, recorded_for=self.name)
             except BaseException:
                 # The executor records tool errors; what reaches here is a store outage or a
                 # SystemExit from a tool. The pool keeps its size either way.

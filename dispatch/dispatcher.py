@@ -324,6 +324,11 @@ class Dispatcher:
         requested = self.store.request_cancel(task_id, reason=f"cancel requested by {actor}")
         if requested is None:
             return None
+        # A parallel job waiting for its batches: those not started end now, the running ones
+        # are asked to stop, and with none running the job ends CANCELLED at once.
+        job = self.store.batches.cancel_job(task_id, reason=reason)
+        if job is not None and job.status is TaskStatus.CANCELLED:
+            return job
         backend = self.backends.get(requested.backend or "")
         if backend is not None:
             backend.interrupt(requested)

@@ -18,8 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from backends.base import BackendHealth, TaskBackend
 from dispatch.rollout.watch import RolloutSource
+from execution.models import utcnow
 from execution.status import BackendName
-from execution.store import TaskStore, Waiting, utcnow
+from execution.store import TaskStore, Waiting
 
 
 @dataclass(frozen=True, slots=True)

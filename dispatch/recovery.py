@@ -11,6 +11,7 @@ each step is a conditional write that only one of them can win (the store arbitr
 - a Celery task published CELERY_REPUBLISH_SECONDS ago and still unclaimed is published again:
   the broker may have lost it (Redis restarted without persistence, `celery purge`). A
   duplicate message is harmless: the claim runs a task once;
+- the batches of parallel jobs are recovered by the same rules (dispatch/batch_recovery.py);
 - a Celery task whose tool the stored rollout no longer sends to Celery (a rollback made in
   another process, or a task routed by a process that had not heard of it yet) is moved to
   threads, as a worker receiving it would: with every worker down it still runs.
@@ -28,6 +29,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from backends.base import BackendUnavailable, TaskBackend
+from dispatch.batch_recovery import BatchRecovery
 from dispatch.dispatcher import reclaim_from_celery, route_task
 from dispatch.rollout.watch import RolloutSource
 from execution.dispatch_gate import ALL_TOOLS, held_message
@@ -43,6 +45,10 @@ log = structlog.get_logger(__name__)
 BATCH = 200
 """Tasks handled per step and round; a backlog larger than this takes several rounds."""
 
+STALLED_AFTER = 10.0
+"""Seconds a parallel job may sit with every batch ended before the sweep finalizes it: far
+longer than the moment between the last batch's end and its process claiming the finalizer."""
+
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
@@ -53,9 +59,20 @@ class SweepReport:
     cancelled: int = 0
     published: int = 0
     handed_back: int = 0
+    stalled: int = 0
+    """Parallel jobs nobody finalized, handed to the lost-attempt step of the next round."""
 
     def __bool__(self) -> bool:
-        return any((self.requeued, self.failed, self.cancelled, self.published, self.handed_back))
+        return any(
+            (
+                self.requeued,
+                self.failed,
+                self.cancelled,
+                self.published,
+                self.handed_back,
+                self.stalled,
+            )
+        )
 
 
 class Recovery:
@@ -84,6 +101,15 @@ class Recovery:
         self._stopped = threading.Event()
         self._woken = threading.Event()
         self._thread: threading.Thread | None = None
+        self._batches = BatchRecovery(
+            store=store,
+            registry=registry,
+            backends=backends,
+            lost_retries=lost_retries,
+            republish_after=republish_after,
+            stalled_after=max(STALLED_AFTER, 2 * interval),
+            paused=lambda: self._rollout.current().paused,
+        )
 
     def wake(self) -> None:
         """Sweep now rather than at the next interval (the rollout changed elsewhere)."""
@@ -115,7 +141,16 @@ class Recovery:
             failed += outcome is TaskStatus.FAILED
             cancelled += outcome is TaskStatus.CANCELLED
         handed_back = self._hand_back()
-        report = SweepReport(requeued, failed, cancelled, self._publish_waiting(), handed_back)
+        published = self._publish_waiting()
+        batches = self._batches.sweep()
+        report = SweepReport(
+            requeued + batches.requeued,
+            failed + batches.failed,
+            cancelled + batches.cancelled,
+            published + batches.published,
+            handed_back,
+            batches.stalled,
+        )
         actions = self._metrics.recoveries
         for action, count in (
             ("requeued", report.requeued),
@@ -138,6 +173,7 @@ class Recovery:
                         cancelled=report.cancelled,
                         published=report.published,
                         handed_back=report.handed_back,
+                        stalled_jobs=report.stalled,
                     )
             except Exception as exc:  # a database blip: the next round tries again
                 log.warning("recovery.sweep_failed", error=str(exc))

@@ -17,10 +17,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from execution.dispatch_gate import DispatchGate, held_message, is_held
 from execution.hooks import ExecutorHook, Failure, Run
-from execution.leases import LeaseKeeper, TaskNoLongerRunning
+from execution.leases import LeaseKeeper, TaskCancelled, TaskNoLongerRunning
+from execution.models import utcnow
+from execution.parallel_runs import WAITING, JobFailed, ParallelRuns
 from execution.records import TaskRecord
 from execution.status import TaskStatus
-from execution.store import TaskStore, utcnow
+from execution.store import TaskStore
 from execution.time_limits import SoftTimeLimitExceeded
 from execution.tools.registry import (
     InvalidPayload,
@@ -53,13 +55,11 @@ class RunOutcome(StrEnum):
     ABANDONED = "abandoned"
     """The attempt lost the task while it ran (time limit, cancel, a newer attempt): nothing
     it did afterwards was stored."""
+    WAITING = "waiting"
+    """A parallel job handed its batches over: the last batch to end finalizes it."""
     HELD = "held"
     """Its tool's dispatch is paused: nothing ran, the task waits QUEUED, never handed over,
     for the resume (a Celery message is consumed as a no-op, a pool slot freed)."""
-
-
-class TaskCancelled(Exception):
-    """Raised in the tool's progress call once a caller asked the task to stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +134,16 @@ class TaskExecutor:
             on_cancel=self._cancelled,
         )
         self.hooks = (self.leases, *hooks)
-        self._soft_limit_errors: tuple[type[BaseException], ...] = (
+        self.soft_limit_errors: tuple[type[BaseException], ...] = (
             SoftTimeLimitExceeded,
             *self.limits.soft_limit_errors,
         )
 
+        self.parallel = ParallelRuns(self)
+        """Runs parallel jobs' batches and finalizers; a backend sets its `hand_over`."""
+
     @staticmethod
-    def _lease_owner() -> str:
+    def lease_owner() -> str:
         # Per claim, not per executor: the process may have forked since it was built.
         return f"{_HOST}:{os.getpid()}"
 
@@ -163,7 +166,7 @@ class TaskExecutor:
             return RunOutcome.HELD
         record = self.store.claim(
             task_id,
-            owner=self._lease_owner(),
+            owner=self.lease_owner(),
             lease_seconds=self.limits.lease_seconds,
             backend=recorded_for,
         )
@@ -176,6 +179,11 @@ class TaskExecutor:
                 reason="missing" if current is None else "not claimable",
             )
             return RunOutcome.NOT_CLAIMED
+        return self.run_claimed(record)
+
+    def run_claimed(self, record: TaskRecord) -> RunOutcome:
+        """Run an attempt this process has claimed already (a task, or a parallel job's
+        finalizer)."""
         bound = _bound(record)
         # DEBUG: the claim is in task_events already, and on the hot path an INFO line costs
         # about as much as a status write; the task's INFO line is the one saying how it ended.
@@ -183,6 +191,11 @@ class TaskExecutor:
         run = Run(task=record, tool=None, started=time.monotonic(), soft_time_limit=None)
         with structlog.contextvars.bound_contextvars(**_context(record)):
             return self._attempt(run, bound)
+
+    def run_batch(self, task_id: str, batch_no: int, *, recorded_for: str | None = None) -> None:
+        """Run one batch of a parallel job once (see `run`), and its finalizer if that batch
+        was the last to end. With `recorded_for`, only while the job names that backend."""
+        self.parallel.run_batch(task_id, batch_no, backend=recorded_for)
 
     def _hold(self, task_id: str, held: frozenset[str], recorded_for: str | None) -> bool:
         """Whether the task belongs to a held tool and must not be claimed: a copy handed over
@@ -249,13 +262,21 @@ class TaskExecutor:
             stop_requested=run.stop,
         )
         try:
-            result = spec.handler(context)
+            if spec.parallel is not None:
+                result = self.parallel.step(run, spec.parallel, context)
+                if result is WAITING:
+                    bound.info("job.waiting_for_batches")
+                    return RunOutcome.WAITING
+            else:
+                result = spec.handler(context)
+        except JobFailed as exc:
+            return self._fail(run, Failure(JobFailed.error_code, str(exc)), bound)
         except TaskNoLongerRunning:
             bound.info("task.abandoned")
             return RunOutcome.ABANDONED
         except TaskCancelled:
             return self._cancel(run, bound)
-        except self._soft_limit_errors:
+        except self.soft_limit_errors:
             if self._cancel_requested(run):  # Celery interrupts a cancelled task this way too
                 return self._cancel(run, bound)
             limit = f"{run.soft_time_limit:g}s " if run.soft_time_limit else ""
@@ -342,6 +363,11 @@ class TaskExecutor:
     # -- called by the lease keeper, from its thread ------------------------------------------
 
     def _time_out(self, run: Run) -> None:
+        if run.batch is not None:
+            limit = f"{run.time_limit:g}s" if run.time_limit else ""
+            failure = Failure(TIME_LIMIT_EXCEEDED, f"hard time limit {limit} exceeded")
+            self.parallel.failed(run, failure, retryable=True)
+            return
         bound = _bound(run.task)
         limit = f"{run.time_limit:g}s" if run.time_limit else ""
         failure = Failure(TIME_LIMIT_EXCEEDED, f"hard time limit {limit} exceeded")
@@ -349,6 +375,9 @@ class TaskExecutor:
             self._end_failed(run, failure, bound, retryable=True)
 
     def _cancelled(self, run: Run) -> None:
+        if run.batch is not None:
+            self.parallel.cancelled(run)
+            return
         with structlog.contextvars.bound_contextvars(**_context(run.task)):
             self._cancel(run, _bound(run.task))
 

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from execution.batch_records import BatchRecord
 from execution.records import TaskRecord
 from execution.tools.registry import Tool
 
@@ -33,11 +34,19 @@ class Run:
     stop: threading.Event = field(default_factory=threading.Event)
     """Set when the tool should stop (soft limit, cancel, the attempt was taken over); the
     tool sees it as `ToolContext.stop_requested`."""
+    batch: BatchRecord | None = None
+    """Set when this is an attempt of one batch of the parallel job `task`, as its claim left
+    it; the attempt, its lease and its writes are the batch's."""
 
     @property
     def attempt(self) -> int:
         """This attempt's number: the fence every write of it carries."""
-        return self.task.attempts
+        return self.batch.attempts if self.batch is not None else self.task.attempts
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """Which attempt of what: the task (batch -1) or one of its batches."""
+        return (self.task.task_id, self.batch.batch_no if self.batch else -1, self.attempt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,7 @@ from sqlalchemy import Engine, String, Table, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
-from execution.models import Base
-from execution.store import utcnow
+from execution.models import Base, utcnow
 
 
 class JobLeaseRow(Base):

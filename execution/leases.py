@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from execution.batch_records import BatchRecord
 from execution.hooks import ExecutorHook, Run
+from execution.records import TaskRecord
 from execution.store import TaskStore
 
 log = structlog.get_logger(__name__)
@@ -28,6 +30,10 @@ Abandoned = Callable[[int], None]
 
 class TaskNoLongerRunning(Exception):
     """The attempt is no longer the task's running one; the tool should stop."""
+
+
+class TaskCancelled(Exception):
+    """Raised in the tool's progress call once a caller asked the task to stop."""
 
 
 @dataclass(slots=True)
@@ -67,7 +73,7 @@ class LeaseKeeper(ExecutorHook):
         self._heartbeat = heartbeat_seconds
         self._on_time_limit = on_time_limit
         self._on_cancel = on_cancel
-        self._active: dict[tuple[str, int], _Active] = {}
+        self._active: dict[tuple[str, int, int], _Active] = {}
         self._listeners: list[Abandoned] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -96,7 +102,7 @@ class LeaseKeeper(ExecutorHook):
             next_renewal=now + self._heartbeat,
         )
         with self._lock:
-            self._active[(run.task.task_id, run.attempt)] = active
+            self._active[run.key] = active
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._keep, name="switchyard-leases", daemon=True
@@ -109,14 +115,14 @@ class LeaseKeeper(ExecutorHook):
 
     def on_progress(self, run: Run, percent: int, message: str | None) -> None:
         with self._lock:
-            active = self._active.get((run.task.task_id, run.attempt))
+            active = self._active.get(run.key)
             ended = active is not None and active.ended
         if ended:
             raise TaskNoLongerRunning(run.task.task_id)
 
     def on_finish(self, run: Run) -> None:
         with self._lock:
-            self._active.pop((run.task.task_id, run.attempt), None)
+            self._active.pop(run.key, None)
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -130,14 +136,22 @@ class LeaseKeeper(ExecutorHook):
                 active.run.stop.set()
         released = 0
         for active in left:
-            task = active.run.task
-            if self._store.expire_lease(task.task_id, attempt=active.run.attempt) is not None:
+            run, task = active.run, active.run.task
+            expired: TaskRecord | BatchRecord | None
+            if run.batch is not None:
+                expired = self._store.batches.renew(
+                    task.task_id, run.batch.batch_no, attempt=run.attempt, lease_seconds=-1
+                )
+            else:
+                expired = self._store.expire_lease(task.task_id, attempt=run.attempt)
+            if expired is not None:
                 released += 1
                 log.warning(
                     "task.released",
                     task_id=task.task_id,
                     tool_id=task.tool_id,
-                    attempt=task.attempts,
+                    batch_no=run.batch.batch_no if run.batch else None,
+                    attempt=run.attempt,
                 )
         return released
 
@@ -179,9 +193,18 @@ class LeaseKeeper(ExecutorHook):
             run.stop.set()  # the tool is told; its next progress call raises
         if now < active.next_renewal:
             return
-        record = self._store.renew_lease(
-            run.task.task_id, attempt=run.attempt, lease_seconds=self.lease_seconds
-        )
+        record: TaskRecord | BatchRecord | None
+        if run.batch is not None:
+            record = self._store.batches.renew(
+                run.task.task_id,
+                run.batch.batch_no,
+                attempt=run.attempt,
+                lease_seconds=self.lease_seconds,
+            )
+        else:
+            record = self._store.renew_lease(
+                run.task.task_id, attempt=run.attempt, lease_seconds=self.lease_seconds
+            )
         active.next_renewal = time.monotonic() + self._heartbeat
         if record is None:
             self._abandon(active, "lease_lost")
@@ -199,7 +222,8 @@ class LeaseKeeper(ExecutorHook):
             task_id=task.task_id,
             tool_id=task.tool_id,
             backend=task.backend,
-            attempt=task.attempts,
+            batch_no=active.run.batch.batch_no if active.run.batch else None,
+            attempt=active.run.attempt,
             reason=why,
         )
         for listener in self._listeners:

@@ -47,6 +47,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def utcnow() -> datetime:
+    """The one clock every status write uses."""
+    return datetime.now(UTC)
+
+
 class Base(DeclarativeBase):
     """Declarative base with the naming convention Alembic needs for stable constraint names."""
 

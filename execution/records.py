@@ -7,6 +7,7 @@ how it is stored) plus a migration.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Annotated, Any
@@ -62,7 +63,7 @@ class TaskRecord:
     updated_at: Annotated[datetime, Stored(UTCDateTime)]
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> TaskRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> TaskRecord:
         """The one way a `tasks` row becomes a record."""
         values = dict(row)
         values["status"] = TaskStatus(values["status"])

@@ -20,7 +20,8 @@ import structlog
 
 from execution.job_leases import JobLeases
 from execution.metrics import Metrics
-from execution.store import Pruned, TaskStore, utcnow
+from execution.models import utcnow
+from execution.store import Pruned, TaskStore
 
 log = structlog.get_logger(__name__)
 

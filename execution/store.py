@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +25,8 @@ from sqlalchemy import (
     update,
 )
 
-from execution.models import UTCDateTime
+from execution.batch_store import BatchStore
+from execution.models import UTCDateTime, utcnow
 from execution.records import TASKS, TaskEvent, TaskRecord
 from execution.status import TERMINAL_STATUSES, TaskStatus
 from execution.task_statements import (
@@ -46,11 +47,6 @@ _NO_ERROR = {"error_code": None, "error_message": None}
 
 CANCEL_BATCH = 500
 """Rows a bulk cancel changes per transaction: other writers get their turn between batches."""
-
-
-def utcnow() -> datetime:
-    """The one clock every status write uses."""
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +153,8 @@ class TaskStore:
         self._write_turn: AbstractContextManager[Any] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
         )
+        self.batches = BatchStore(engine, self._write_turn)
+        """The batches of parallel jobs."""
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -803,8 +801,10 @@ class TaskStore:
             if not ids:
                 return Pruned()
             still_old = select(TASKS.c.task_id).where(TASKS.c.task_id.in_(ids), old)
-            # Events first and explicitly: the foreign key's cascade is not relied upon.
+            # Events and batches first and explicitly: the foreign keys' cascade is not relied
+            # upon.
             events = conn.execute(delete(EVENTS).where(EVENTS.c.task_id.in_(still_old)))
+            self.batches.delete_of(conn, still_old)
             tasks = conn.execute(delete(TASKS).where(TASKS.c.task_id.in_(ids), old))
         return Pruned(tasks.rowcount, events.rowcount)
 

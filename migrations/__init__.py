@@ -11,6 +11,7 @@ from execution.models import Base
 TABLE_OWNERS = (
     "execution.models",
     "execution.records",
+    "execution.batch_records",
     "execution.job_leases",
     "dispatch.rollout.store",
     "api.keys",

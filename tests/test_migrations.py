@@ -27,6 +27,7 @@ def test_the_migrated_schema_matches_every_table_the_code_declares(engine: Engin
         "rollout_environment",
         "api_keys",
         "job_leases",
+        "task_batches",
     }
 
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from execution.tools.parallel import (
+    BatchContext,
+    BatchOutcome,
+    OnBatchFailure,
+    ParallelJob,
+    parallel_tool,
+)
 from execution.tools.registry import (
     RetryPolicy,
     Tool,
@@ -158,3 +166,74 @@ def build_registry(gate: Gate) -> ToolRegistry:
     """The built-in tools, the tools of this module, and `gate`."""
     loaded = load_registry(["execution.tools.builtin", __name__])
     return ToolRegistry([*loaded.values(), gate.as_tool()])
+
+
+class SquaresPayload(BaseModel):
+    """A parallel job of `n` batches; which of them fail, and how long each works."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = 8
+    flaky: dict[str, int] = {}
+    """Batch number -> how many of its first attempts raise ConnectionError (retried)."""
+    broken: list[int] = []
+    """Batches that always raise ValueError (never retried)."""
+    seconds: float = 0.0
+    """How long each batch works, in ten progress steps."""
+
+
+class _Peak:
+    """How many batches of `squares` ran at once in this process, at most."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.peak = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+SQUARES_PEAK = _Peak()
+
+
+class Squares(ParallelJob):
+    """Square each of 0..n-1 in its own batch; the finalizer sums them."""
+
+    def plan(self, ctx: ToolContext) -> list[Any]:
+        return [{"x": x} for x in range(int(ctx.payload["n"]))]
+
+    def run_batch(self, ctx: BatchContext) -> Any:
+        with SQUARES_PEAK:
+            if ctx.attempt <= int(ctx.payload["flaky"].get(str(ctx.batch_no), 0)):
+                raise ConnectionError(f"batch {ctx.batch_no} flaked on attempt {ctx.attempt}")
+            if ctx.batch_no in ctx.payload["broken"]:
+                raise ValueError(f"batch {ctx.batch_no} is broken")
+            seconds = float(ctx.payload["seconds"])
+            for step in range(1, 11):
+                if seconds:
+                    time.sleep(seconds / 10)
+                ctx.progress(step * 10)
+            return {"square": ctx.batch["x"] ** 2}
+
+    def finalize(self, ctx: ToolContext, outcomes: Sequence[BatchOutcome]) -> Any:
+        return {
+            "sum": sum(o.result["square"] for o in outcomes if o.ok),
+            "failed": [o.batch_no for o in outcomes if not o.ok],
+        }
+
+
+_RETRY_CONNECTION = RetryPolicy(max_retries=2, retry_on=(ConnectionError,), backoff=0, jitter=False)
+squares = parallel_tool("squares", payload_model=SquaresPayload, retry=_RETRY_CONNECTION)(Squares)
+squares_partial = parallel_tool(
+    "squares-partial",
+    payload_model=SquaresPayload,
+    retry=_RETRY_CONNECTION,
+    on_batch_failure=OnBatchFailure.PARTIAL,
+)(Squares)

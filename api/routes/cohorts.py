@@ -16,7 +16,7 @@ from api.runtime import Runtime
 from api.schemas import ErrorOut, Reason, RolloutOut, Strict
 from dispatch.rollout.advance import AdvanceRefused, NothingToAdvance, RolloutAdvance, Thresholds
 from dispatch.rollout.cohorts import ROW_CAP, read_cohorts
-from execution.store import utcnow
+from execution.models import utcnow
 
 MAX_WINDOW_SECONDS = 90 * 86_400
 ANY_TOOL_ID = r"^[^\x00-\x1f\x7f]*$"  # PostgreSQL refuses NUL in text; empty means every tool

@@ -24,7 +24,7 @@ from api.auth import UNAUTHORIZED, OperatorDep
 from api.deps import RuntimeDep
 from api.schemas import ErrorOut
 from execution.activity import RECENT_FAILURES, read_activity
-from execution.store import utcnow
+from execution.models import utcnow
 
 ASSETS = "/dashboard/assets"
 MAX_MINUTES = 1440

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Resp
 from api.auth import UNAUTHORIZED, Caller, CallerDep, log_denied
 from api.deps import RuntimeDep
 from api.runtime import Runtime
-from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskPage
+from api.schemas import ErrorOut, TaskCreate, TaskEventOut, TaskPage, TaskView
 from api.task_filters import TaskFilterDep
 from dispatch.dispatcher import IdempotencyConflict, NewTask
+from execution.batch_records import BatchRecord
 from execution.records import TaskRecord
 from execution.status import TaskStatus
 
@@ -98,12 +99,27 @@ def list_tasks(
     return TaskPage(items=records, limit=limit, offset=offset)
 
 
-@router.get("/{task_id}", response_model=TaskRecord, responses=NOT_FOUND)
-def get_task(
+@router.get("/{task_id}", response_model=TaskView, responses=NOT_FOUND)
+def get_task(task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep) -> TaskView:
+    """One task's status, progress and result; for a parallel job, its batches by status."""
+    record = _visible_task(task_id, request, runtime, caller)
+    counts = runtime.store.batches.counts([task_id]) if _is_parallel(runtime, record) else {}
+    return TaskView.of(record, counts.get(task_id))
+
+
+@router.get("/{task_id}/batches", response_model=list[BatchRecord], responses=NOT_FOUND)
+def get_task_batches(
     task_id: TaskId, request: Request, runtime: RuntimeDep, caller: CallerDep
-) -> TaskRecord:
-    """One task's status, progress and result."""
-    return _visible_task(task_id, request, runtime, caller)
+) -> list[BatchRecord]:
+    """A parallel job's batches in order: status, attempts, progress, result or error each
+    (none for any other task, or before the job planned them)."""
+    _visible_task(task_id, request, runtime, caller)
+    return runtime.store.batches.of(task_id)
+
+
+def _is_parallel(runtime: Runtime, record: TaskRecord) -> bool:
+    tool = runtime.registry.get(record.tool_id)
+    return tool is not None and tool.parallel is not None
 
 
 @router.get("/{task_id}/events", response_model=list[TaskEventOut], responses=NOT_FOUND)

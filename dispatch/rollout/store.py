@@ -31,8 +31,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from dispatch.rollout.policy import Stickiness
 from dispatch.rollout.state import LIMITED_ACTIONS, RolloutAction, RolloutEvent, RolloutState
-from execution.models import Base
-from execution.store import utcnow
+from execution.models import Base, utcnow
 
 
 class RolloutStateRow(Base):

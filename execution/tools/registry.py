@@ -10,11 +10,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from execution.tools.enqueue import DEFAULT_USER, TaskHandle, enqueue
+
+if TYPE_CHECKING:
+    from execution.tools.parallel import OnBatchFailure, ParallelJob
 
 JSONValue = Any
 """Whatever `json.dumps` accepts; checked at run time when a tool returns."""
@@ -89,6 +92,11 @@ class Tool:
     soft_time_limit: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     payload_model: type[BaseModel] | None = None
+    parallel: ParallelJob | None = None
+    """Set for a parallel tool: its tasks plan batches, run them, and finalize (`handler` then
+    runs every step inline, for a direct call)."""
+    on_batch_failure: OnBatchFailure | None = None
+    """A parallel tool's answer to a batch that failed for good."""
 
     def validate_payload(self, payload: Any) -> Any:
         """The payload as the tool will see it, or InvalidPayload saying what is wrong."""

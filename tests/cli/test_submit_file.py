@@ -141,7 +141,10 @@ def test_a_tool_the_api_does_not_run_is_named_before_anything_is_sent(
     result = _submit("--from-file", _file(tmp_path, [*GOOD_LINES, {"tool_id": "profile_csv"}]))
 
     assert result.exit_code == 2
-    assert "line 6: unknown tool 'profile_csv'; known tools: fail, noop" in result.stderr
+    assert (
+        "line 6: unknown tool 'profile_csv'; known tools: fail, find-duplicates, noop"
+        in result.stderr
+    )
     assert sent == []
 
 

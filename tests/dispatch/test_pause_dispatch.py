@@ -14,9 +14,10 @@ from dispatch.dispatcher import Dispatcher, NewTask
 from dispatch.recovery import Recovery, SweepReport
 from dispatch.rollout.policy import RolloutPolicy
 from execution.dispatch_gate import held_message
+from execution.models import utcnow
 from execution.records import TASKS, TaskRecord
 from execution.status import TaskStatus
-from execution.store import TaskStore, utcnow
+from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 from tests.helpers import claim, queued_task
 

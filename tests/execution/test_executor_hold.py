@@ -13,9 +13,10 @@ from sqlalchemy import Engine, update
 from execution.dispatch_gate import held_message
 from execution.executor import RunOutcome, TaskExecutor
 from execution.hooks import ExecutorHook
+from execution.models import utcnow
 from execution.records import TASKS, TaskRecord
 from execution.status import TaskStatus
-from execution.store import TaskStore, utcnow
+from execution.store import TaskStore
 from execution.tools.registry import ToolRegistry
 from tests.helpers import Paused, claim, queued_task
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from execution.executor import ExecutorLimits, RunOutcome, TaskExecutor
+from execution.models import utcnow
 from execution.status import TaskStatus
-from execution.store import TaskStore, utcnow
+from execution.store import TaskStore
 from execution.time_limits import SoftTimeLimit
 from execution.tools.registry import ToolRegistry
 from tests.helpers import claim, queued_task, wait_until

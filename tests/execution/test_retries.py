@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from execution.executor import RunOutcome, TaskExecutor
+from execution.models import utcnow
 from execution.status import TaskStatus
-from execution.store import TaskStore, utcnow
+from execution.store import TaskStore
 from execution.tools.registry import RetryPolicy, Tool, ToolContext, ToolRegistry
 from tests.helpers import queued_task
 

@@ -67,7 +67,7 @@ TOUR_FACTS = [
     (
         4,
         '{"detail":"unknown tool \'profile_csv\'; '
-        'known tools: fail, noop, probe, profile-csv, sleep"',
+        'known tools: fail, find-duplicates, noop, probe, profile-csv, sleep"',
     ),
 ]
 

@@ -153,7 +153,9 @@ def test_the_http_client_example_runs_against_a_served_api(
 
     lines = printed.splitlines()
     assert lines[:2] == ["COMPLETED 1", "3 0"]
-    assert lines[2].startswith("422 unknown tool 'profile_csv'; known tools: fail, noop")
+    assert lines[2].startswith(
+        "422 unknown tool 'profile_csv'; known tools: fail, find-duplicates, noop"
+    )
 
 
 def _answers(port: int, api: subprocess.Popen[bytes]) -> bool:

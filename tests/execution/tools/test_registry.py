@@ -23,9 +23,10 @@ def _handler(ctx: ToolContext) -> dict[str, Any]:
     return {}
 
 
-def test_the_builtin_module_registers_the_five_builtin_tools() -> None:
+def test_the_builtin_module_registers_the_six_builtin_tools() -> None:
     assert list(load_registry(["execution.tools.builtin"])) == [
         "fail",
+        "find-duplicates",
         "noop",
         "probe",
         "profile-csv",
@@ -52,10 +53,9 @@ def test_an_unknown_tool_names_the_known_ones() -> None:
     with pytest.raises(UnknownTool) as raised:
         registry["profile_csv"]
 
-    assert raised.value.known == ["fail", "noop", "probe", "profile-csv", "sleep"]
-    assert str(raised.value) == (
-        "unknown tool 'profile_csv'; known tools: fail, noop, probe, profile-csv, sleep"
-    )
+    known = ["fail", "find-duplicates", "noop", "probe", "profile-csv", "sleep"]
+    assert raised.value.known == known
+    assert str(raised.value) == f"unknown tool 'profile_csv'; known tools: {', '.join(known)}"
 
 
 def test_a_module_that_cannot_be_imported_is_a_clear_load_error() -> None:
