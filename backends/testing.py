@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from backends.base import BackendUnavailable, TaskBackend
+from execution.batch_records import BatchRecord
 from execution.executor import TaskExecutor
 from execution.records import TaskRecord
 
@@ -13,9 +16,15 @@ class InlineBackend(TaskBackend):
     def __init__(self, executor: TaskExecutor, *, name: str = "thread") -> None:
         self.name = name
         self._executor = executor
+        executor.parallel.hand_over = self.enqueue_batches
 
     def enqueue(self, task: TaskRecord) -> None:
         self._executor.run(task.task_id, recorded_for=self.name)
+
+    def enqueue_batches(self, job: TaskRecord, batches: Sequence[BatchRecord]) -> None:
+        """One after another, inline: the last one runs the job's finalizer."""
+        for batch in batches:
+            self._executor.run_batch(job.task_id, batch.batch_no, recorded_for=self.name)
 
 
 class RecordingBackend(TaskBackend):
