@@ -96,7 +96,8 @@ class BatchRecovery:
             return TaskStatus.CANCELLED if stopped else None
         job = self._store.get(batch.task_id)
         tool = self._registry.get(job.tool_id) if job is not None else None
-        allowed = 1 + self._lost_retries + (tool.retry.max_retries if tool else 0)
+        retries = tool.retry.max_retries if tool else 0
+        allowed = batch.attempts_before_retry + 1 + self._lost_retries + retries
         if tool is None or batch.attempts >= allowed:
             fails_fast = tool is None or tool.on_batch_failure is not OnBatchFailure.PARTIAL
             stop = f"batch {batch.batch_no} failed: {WORKER_LOST}" if fails_fast else None

@@ -304,6 +304,9 @@ class Dispatcher:
         backend = self._backend(decision.backend)
         if not policy.is_paused(current.tool_id):
             backend.check_capacity()
+        # A parallel job runs again only the batches that did not complete (first: a retry
+        # that fails between the two writes leaves an ended job, retried again as a whole).
+        self.store.batches.requeue_unfinished(task_id)
         queued = self.store.retry_finished(
             task_id,
             backend=decision.backend,

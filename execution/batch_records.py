@@ -26,6 +26,8 @@ class BatchRecord:
     batch_no: Annotated[int, Stored(Integer, primary_key=True)]
     status: Annotated[TaskStatus, Stored(String(16))]
     attempts: Annotated[int, Stored(Integer)]
+    attempts_before_retry: Annotated[int, Stored(Integer)]
+    """Attempts made before its job's latest manual retry: the retry policy counts from here."""
     progress: Annotated[int, Stored(Integer)]
     input: Annotated[Any, Stored(JSON, nullable=True)]
     """What `plan` returned for this batch."""

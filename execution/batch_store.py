@@ -176,6 +176,40 @@ class BatchStore:
             _event(conn, job, reason, now)
         return job
 
+    def requeue_unfinished(self, task_id: str) -> int:
+        """Before a manual retry of an ended job: its batches that did not complete are QUEUED
+        again, their retry policy counting afresh; the completed ones keep their results.
+        Returns how many."""
+        now = utcnow()
+        job_ended = exists().where(
+            TASKS.c.task_id == task_id,
+            TASKS.c.status.in_((TaskStatus.FAILED, TaskStatus.CANCELLED)),
+        )
+        statement = (
+            update(BATCHES)
+            .where(
+                BATCHES.c.task_id == task_id,
+                BATCHES.c.status.in_((TaskStatus.FAILED, TaskStatus.CANCELLED)),
+                job_ended,
+            )
+            .values(
+                status=TaskStatus.QUEUED,
+                attempts_before_retry=BATCHES.c.attempts,
+                progress=0,
+                result=None,
+                error_code=None,
+                error_message=None,
+                lease_expires_at=None,
+                run_after=None,
+                dispatched_at=None,
+                cancel_requested_at=None,
+                finished_at=None,
+                updated_at=now,
+            )
+        )
+        with self._write_turn, self.engine.begin() as conn:
+            return conn.execute(statement).rowcount
+
     # -- one batch -----------------------------------------------------------------------------
 
     def claim(
@@ -438,6 +472,7 @@ def _new_batch(task_id: str, batch_no: int, batch_input: Any, now: datetime) -> 
         "batch_no": batch_no,
         "status": TaskStatus.QUEUED,
         "attempts": 0,
+        "attempts_before_retry": 0,
         "progress": 0,
         "input": batch_input,
         "result": None,

@@ -83,3 +83,7 @@ class ExecutorHook:
 
     def on_finish(self, run: Run) -> None:
         """The attempt is over, however it ended (also when another attempt took over)."""
+
+    def on_batch_end(self, job: TaskRecord, outcome: str) -> None:
+        """An attempt of one batch of the parallel job `job` ended: completed, failed,
+        retrying or cancelled."""

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
 
 from execution.hooks import ExecutorHook, Failure, Run
+from execution.records import TaskRecord
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -62,6 +63,13 @@ class Metrics:
             "task_retries",
             "Failed attempts queued again by their tool's retry policy",
             ["backend", "tool"],
+            **common,
+        )
+        self.batches = Counter(
+            "batches",
+            "Attempts of parallel jobs' batches that ended, by backend, tool and outcome "
+            "(completed, failed, retrying, cancelled)",
+            ["backend", "tool", "outcome"],
             **common,
         )
         self.recoveries = Counter(
@@ -124,6 +132,9 @@ class ExecutorMetrics(ExecutorHook):
 
     def on_cancelled(self, run: Run) -> None:
         self._ended(run, "cancelled")
+
+    def on_batch_end(self, job: TaskRecord, outcome: str) -> None:
+        self._metrics.batches.labels(job.backend or "none", job.tool_id, outcome).inc()
 
     def _ended(self, run: Run, outcome: str) -> None:
         backend, tool = _backend(run), run.task.tool_id

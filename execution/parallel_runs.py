@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from execution.batch_records import UNFINISHED, BatchRecord
+from execution.dispatch_gate import is_held
 from execution.hooks import Failure, Run
 from execution.leases import TaskCancelled, TaskNoLongerRunning
 from execution.records import TaskRecord
@@ -64,7 +65,8 @@ class ParallelRuns:
 
     def __init__(self, executor: TaskExecutor) -> None:
         self._executor = executor
-        self._store = executor.store
+        self.store = executor.store
+        self.leases = executor.leases
         self.hand_over: HandOver | None = None
 
     # -- the job's attempt ---------------------------------------------------------------------
@@ -74,12 +76,12 @@ class ParallelRuns:
         or, with every batch ended, finalize and return the job's result."""
         assert run.tool is not None
         task_id = run.task.task_id
-        batches = self._store.batches.of(task_id)
+        batches = self.store.batches.of(task_id)
         if not batches:
             inputs = check_plan(run.tool.tool_id, job.plan(ctx))
             if not inputs:
                 return job.finalize(ctx, [])
-            detached = self._store.batches.fan_out(
+            detached = self.store.batches.fan_out(
                 task_id,
                 attempt=run.attempt,
                 inputs=inputs,
@@ -87,12 +89,12 @@ class ParallelRuns:
             )
             if detached is None:
                 raise TaskNoLongerRunning(task_id)
-            self._give(detached, self._store.batches.of(task_id))
+            self._give(detached, self.store.batches.of(task_id))
             return WAITING
         left = [batch for batch in batches if batch.status in UNFINISHED]
         if left:
             message = f"waiting for {len(left)} of {len(batches)} batches"
-            detached = self._store.batches.fan_out(
+            detached = self.store.batches.fan_out(
                 task_id, attempt=run.attempt, inputs=None, message=message
             )
             if detached is None:
@@ -109,7 +111,8 @@ class ParallelRuns:
         ]
         failed = [b for b in batches if b.status is not TaskStatus.COMPLETED]
         if failed and run.tool.on_batch_failure is not OnBatchFailure.PARTIAL:
-            first = failed[0]
+            # The batch that failed, not a sibling it stopped.
+            first = next((b for b in failed if b.status is TaskStatus.FAILED), failed[0])
             raise JobFailed(
                 f"batch {first.batch_no} of {len(batches)} ended {first.status}: "
                 f"{first.error_code}: {first.error_message}"
@@ -124,7 +127,7 @@ class ParallelRuns:
         mine = [
             batch
             for batch in batches
-            if self._store.batches.mark_dispatched(
+            if self.store.batches.mark_dispatched(
                 batch.task_id, batch.batch_no, last_dispatched_at=batch.dispatched_at
             )
         ]
@@ -133,7 +136,7 @@ class ParallelRuns:
         except Exception as exc:  # the broker is down: the sweeps publish them again
             log.warning("job.hand_over_failed", batches=len(mine), error=str(exc))
             for batch in mine:
-                self._store.batches.mark_undispatched(batch.task_id, batch.batch_no)
+                self.store.batches.mark_undispatched(batch.task_id, batch.batch_no)
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -142,8 +145,10 @@ class ParallelRuns:
         it was the last, run the finalizer. Returns how the batch's attempt left it (None: it
         did not run)."""
         executor = self._executor
+        if self._held(task_id, batch_no):
+            return None
         with structlog.contextvars.bound_contextvars(task_id=task_id, batch_no=batch_no):
-            batch = self._store.batches.claim(
+            batch = self.store.batches.claim(
                 task_id,
                 batch_no,
                 owner=executor.lease_owner(),
@@ -154,9 +159,24 @@ class ParallelRuns:
         self.try_finalize(task_id)
         return ended
 
+    def _held(self, task_id: str, batch_no: int) -> bool:
+        """Whether the job's tool is paused: a waiting batch handed over before the pause is
+        then marked never handed over, for the sweeps to hand over after the resume. Only
+        asked while something is paused: one read of the job."""
+        gate = self._executor.gate
+        held = gate.held_tools() if gate is not None else frozenset()
+        if not held:
+            return False
+        job = self.store.get(task_id)
+        if job is None or not is_held(held, job.tool_id):
+            return False
+        self.store.batches.mark_undispatched(task_id, batch_no)
+        log.info("batch.held", task_id=task_id, batch_no=batch_no, tool_id=job.tool_id)
+        return True
+
     def _attempt(self, batch: BatchRecord) -> TaskStatus | None:
         executor = self._executor
-        job_row = self._store.get(batch.task_id)
+        job_row = self.store.get(batch.task_id)
         if job_row is None:
             return None
         try:
@@ -202,7 +222,7 @@ class ParallelRuns:
         except BatchCancelled:
             return self.cancelled(run)
         except executor.soft_limit_errors:
-            if self._stop_requested(run):
+            if self.stop_requested(run):
                 return self.cancelled(run)
             limit = f"{run.soft_time_limit:g}s " if run.soft_time_limit else ""
             failure = Failure(SoftTimeLimitExceeded.__name__, f"soft time limit {limit}exceeded")
@@ -211,7 +231,7 @@ class ParallelRuns:
             bound.warning("batch.raised", error=f"{type(exc).__name__}: {exc}")
             failure = Failure(type(exc).__name__, str(exc)[:4000])
             return self.failed(run, failure, retryable=isinstance(exc, tool.retry.retry_on))
-        ended = self._store.batches.end(
+        ended = self.store.batches.end(
             batch.task_id,
             batch.batch_no,
             attempt=batch.attempts,
@@ -222,6 +242,7 @@ class ParallelRuns:
             bound.info("batch.complete_skipped", reason="the attempt no longer holds the batch")
             return None
         bound.info("batch.completed", seconds=round(time.monotonic() - run.started, 6))
+        self._count(run.task, "completed")
         return TaskStatus.COMPLETED
 
     def failed(self, run: Run, failure: Failure, *, retryable: bool) -> TaskStatus | None:
@@ -230,9 +251,10 @@ class ParallelRuns:
         assert run.batch is not None
         assert run.tool is not None
         batch, policy = run.batch, run.tool.retry
-        if retryable and batch.attempts <= policy.max_retries:
-            delay = policy.delay(batch.attempts)
-            again = self._store.batches.retry_later(
+        retry = batch.attempts - batch.attempts_before_retry  # the retry this would be
+        if retryable and retry <= policy.max_retries:
+            delay = policy.delay(retry)
+            again = self.store.batches.retry_later(
                 batch.task_id,
                 batch.batch_no,
                 attempt=batch.attempts,
@@ -243,6 +265,7 @@ class ParallelRuns:
             if again is None:
                 return None
             log.info("batch.retrying", error_code=failure.error_code, delay=round(delay, 3))
+            self._count(run.task, "retrying")
             if delay <= 0:  # due now: hand it over again at once, not at the next sweep
                 self._give(run.task, [again])
             return TaskStatus.QUEUED
@@ -253,7 +276,7 @@ class ParallelRuns:
     ) -> TaskStatus | None:
         fails_fast = tool is None or tool.on_batch_failure is not OnBatchFailure.PARTIAL
         stop = f"batch {batch.batch_no} failed: {failure.error_code}" if fails_fast else None
-        ended = self._store.batches.end(
+        ended = self.store.batches.end(
             batch.task_id,
             batch.batch_no,
             attempt=batch.attempts,
@@ -265,23 +288,31 @@ class ParallelRuns:
         if ended is None:
             return None
         log.warning("batch.failed", error_code=failure.error_code, tool_id=job.tool_id)
+        self._count(job, "failed")
         return TaskStatus.FAILED
 
     def cancelled(self, run: Run) -> TaskStatus | None:
         """The job asked the batch to stop: it ends CANCELLED."""
         assert run.batch is not None
-        ended = self._store.batches.end(
+        ended = self.store.batches.end(
             run.task.task_id,
             run.batch.batch_no,
             attempt=run.attempt,
             status=TaskStatus.CANCELLED,
             error_message="stopped: its job was cancelled or failed",
         )
-        return TaskStatus.CANCELLED if ended is not None else None
+        if ended is None:
+            return None
+        self._count(run.task, "cancelled")
+        return TaskStatus.CANCELLED
 
-    def _stop_requested(self, run: Run) -> bool:
+    def _count(self, job: TaskRecord, outcome: str) -> None:
+        for hook in self._executor.hooks:
+            hook.on_batch_end(job, outcome)
+
+    def stop_requested(self, run: Run) -> bool:
         assert run.batch is not None
-        current = self._store.batches.get(run.task.task_id, run.batch.batch_no)
+        current = self.store.batches.get(run.task.task_id, run.batch.batch_no)
         return current is not None and current.cancel_requested_at is not None
 
     # -- the finalizer -------------------------------------------------------------------------
@@ -289,7 +320,7 @@ class ParallelRuns:
     def try_finalize(self, task_id: str) -> None:
         """Run the job's finalizer here if this process wins the claim for it."""
         executor = self._executor
-        job = self._store.batches.claim_finalize(
+        job = self.store.batches.claim_finalize(
             task_id, owner=executor.lease_owner(), lease_seconds=executor.limits.lease_seconds
         )
         if job is not None:
@@ -305,14 +336,18 @@ class _BatchProgress:
         self._last = 0
 
     def __call__(self, percent: float, message: str | None = None) -> None:
-        assert self._run.batch is not None
+        run = self._run
+        assert run.batch is not None
         whole = max(0, min(100, int(percent)))
+        self._runs.leases.on_progress(run, whole, message)  # raises once the lease is lost
+        if run.stop.is_set():  # asked to stop: cancelled, or past the soft time limit
+            if self._runs.stop_requested(run):
+                raise BatchCancelled(run.task.task_id)
+            raise SoftTimeLimitExceeded()
         if whole == self._last:
-            if self._run.stop.is_set() and self._runs._stop_requested(self._run):
-                raise BatchCancelled(self._run.task.task_id)
             return
-        batch = self._run.batch
-        record = self._runs._store.batches.record_progress(
+        batch = run.batch
+        record = self._runs.store.batches.record_progress(
             batch.task_id, batch.batch_no, attempt=batch.attempts, progress=whole
         )
         if record is None:

@@ -62,7 +62,10 @@ class BatchContext:
     """Progress within the batch; the job's progress counts the batches that ended."""
     data_dir: Path
     stop_requested: threading.Event = field(default_factory=threading.Event)
-    """Set when the batch should stop (the job was cancelled or failed fast, a time limit)."""
+    """Set when the batch should stop (the job was cancelled or failed fast, its soft time
+    limit passed). A long batch calls `progress` now and then: once the batch must stop, that
+    call raises, and the batch ends CANCELLED (or is retried, past a soft limit) without
+    anything else to do. A batch that returns instead stores its result as usual."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +161,8 @@ def parallel_tool(
 
 
 def run_inline(job: ParallelJob, ctx: ToolContext) -> JSONValue:
-    """Every step in this thread, one batch after another: a direct call of the tool."""
+    """Every step in this thread, one batch after another: a direct call of the tool (a test,
+    a script). No row is written, so nothing is retried: the first batch to raise raises."""
     inputs = check_plan("inline", job.plan(ctx))
     outcomes = []
     for batch_no, batch in enumerate(inputs):

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("batch_no", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("attempts_before_retry", sa.Integer(), nullable=False),
         sa.Column("progress", sa.Integer(), nullable=False),
         sa.Column("input", sa.JSON(), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),

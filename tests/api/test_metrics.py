@@ -103,3 +103,15 @@ def test_every_metric_has_help_text_and_the_switchyard_prefix(served: TestClient
     assert families
     assert all(family.name.startswith("switchyard_") for family in families)
     assert all(family.documentation for family in families)
+
+
+def test_the_batches_of_a_parallel_job_are_counted_by_outcome(served: TestClient) -> None:
+    job = _run(served, "squares", {"n": 3, "flaky": {"1": 1}})
+
+    samples = scrape(served)
+
+    assert job["status"] == "COMPLETED"
+    labels = {"backend": "thread", "tool": "squares"}
+    assert value(samples, "switchyard_batches_total", **labels, outcome="completed") == 3
+    assert value(samples, "switchyard_batches_total", **labels, outcome="retrying") == 1
+    assert value(samples, "switchyard_tasks_total", **labels, outcome="completed") == 1

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from execution.executor import TaskExecutor
+from sqlalchemy import update
+
+from execution.batch_records import BATCHES
+from execution.executor import ExecutorLimits, TaskExecutor
 from execution.models import utcnow
-from execution.records import TaskRecord
+from execution.records import TASKS, TaskRecord
 from execution.status import TaskStatus
 from execution.store import TaskStore
+from execution.tools.registry import ToolRegistry
 from tests.conftest import ThreadBackendFactory
 from tests.helpers import queued_task, wait_until
 from tests.tools import SQUARES_PEAK
@@ -184,16 +189,76 @@ def test_a_job_nobody_finalized_is_expired_for_the_recovery_sweep(
     store.batches.end(job.task_id, 0, attempt=1, status=TaskStatus.COMPLETED, result={"square": 0})
 
     assert store.batches.expire_stalled(unchanged_for=60, limit=10) == 0  # too recent
-    later = utcnow() + timedelta(seconds=120)
-    with store.engine.begin() as conn:  # an hour of nothing, in one statement
-        from sqlalchemy import update
-
-        from execution.batch_records import BATCHES
-        from execution.records import TASKS
-
-        earlier = utcnow() - timedelta(seconds=120)
+    earlier = utcnow() - timedelta(seconds=120)
+    with store.engine.begin() as conn:  # two minutes of nothing
         conn.execute(update(TASKS).values(updated_at=earlier))
         conn.execute(update(BATCHES).values(updated_at=earlier))
-    assert later > earlier
     assert store.batches.expire_stalled(unchanged_for=60, limit=10) == 1
     assert [t.task_id for t in store.lost(limit=10)] == [job.task_id]
+
+
+class _Paused:
+    """A gate holding the tools in `tools`."""
+
+    def __init__(self, *tools: str) -> None:
+        self.tools = frozenset(tools)
+
+    def held_tools(self) -> frozenset[str]:
+        return self.tools
+
+
+def test_the_batches_of_a_paused_tool_wait_never_handed_over_until_it_resumes(
+    store: TaskStore, registry: ToolRegistry, data_dir: Path
+) -> None:
+    gate = _Paused()
+    executor = TaskExecutor(store=store, registry=registry, data_dir=data_dir, gate=gate)
+    job = queued_task(store, tool_id="squares", payload={"n": 2})
+    executor.run(job.task_id)
+    batches = store.batches.of(job.task_id)
+    assert {b.status for b in batches} == {TaskStatus.QUEUED}
+
+    gate.tools = frozenset({"squares"})  # paused after the batches were handed over
+    for batch in batches:
+        executor.run_batch(job.task_id, batch.batch_no)
+
+    held = store.batches.of(job.task_id)
+    assert [(b.status, b.attempts, b.dispatched_at) for b in held] == [
+        (TaskStatus.QUEUED, 0, None)
+    ] * 2  # for the sweeps to hand over after the resume
+    assert (
+        store.batches.awaiting_hand_over(
+            backend="thread", unchanged_for=60, limit=10, except_tools=gate.tools
+        )
+        == []
+    )
+
+    gate.tools = frozenset()
+    waiting = store.batches.awaiting_hand_over(backend="thread", unchanged_for=60, limit=10)
+    assert [b.batch_no for b, _ in waiting] == [0, 1]
+    for batch, _ in waiting:
+        executor.run_batch(job.task_id, batch.batch_no)
+    ended = store.get(job.task_id)
+    assert ended is not None
+    assert (ended.status, ended.result) == (TaskStatus.COMPLETED, {"sum": 1, "failed": []})
+
+
+def test_a_batch_past_its_soft_time_limit_is_told_to_stop_and_retried(
+    store: TaskStore, registry: ToolRegistry, data_dir: Path
+) -> None:
+    limits = ExecutorLimits(soft_time_limit=0.2, heartbeat_seconds=0.05, lease_seconds=5)
+    executor = TaskExecutor(store=store, registry=registry, data_dir=data_dir, limits=limits)
+    job = queued_task(store, tool_id="squares", payload={"n": 1, "seconds": 5})
+    executor.run(job.task_id)
+
+    for _ in range(3):  # its first run, then the tool's two retries
+        executor.run_batch(job.task_id, 0)
+
+    [batch] = store.batches.of(job.task_id)
+    assert (batch.status, batch.attempts) == (TaskStatus.FAILED, 3)
+    assert (batch.error_code, batch.error_message) == (
+        "SoftTimeLimitExceeded",
+        "soft time limit 0.2s exceeded",
+    )
+    ended = store.get(job.task_id)
+    assert ended is not None
+    assert (ended.status, ended.error_code) == (TaskStatus.FAILED, "BATCH_FAILED")

@@ -1,5 +1,5 @@
 """Parallel jobs on both backends, live: a real redis-server and a `switchyard worker` of two
-prefork children, on one SQLite file shared with this process.
+prefork children, on one SQLite file shared with this process, then on a real PostgreSQL.
 
 The same job gives equal job rows, equal batch rows and equal results on threads and Celery;
 a batch that fails then succeeds; a batch whose worker is killed (-9) runs again; cancel
@@ -61,17 +61,17 @@ class Rig:
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def rig(
     request: pytest.FixtureRequest,
     redis_server: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Rig]:
-    workdir = tmp_path_factory.mktemp("parallel")
+    workdir = tmp_path_factory.mktemp(f"parallel-{request.param}")
     data_dir = workdir / "data"
     data_dir.mkdir()
-    url = fresh_database_url("sqlite", request, workdir)
-    broker = redis_server.url.rsplit("/", 1)[0] + "/5"
+    url = fresh_database_url(request.param, request, workdir)
+    broker = redis_server.url.rsplit("/", 1)[0] + ("/9" if request.param == "sqlite" else "/10")
     common: dict[str, Any] = {
         "database_url": url,
         "redis_url": broker,
@@ -104,7 +104,7 @@ def rig(
     worker = start_worker(
         env=worker_env,
         broker_url=broker,
-        hostname="parallel@localhost",
+        hostname=f"parallel-{request.param}@localhost",
         log_path=workdir / "worker.log",
         concurrency=2,
     )
@@ -258,7 +258,7 @@ def test_a_batch_whose_worker_is_killed_runs_again_and_the_job_finalizes_once(
     assert owner_pid_of(running) is not None
 
     kill_group(rig.worker.process)  # the main process and both children, -9
-    rig.restart_worker("parallel-after-kill")
+    rig.restart_worker(f"after-kill-{rig.worker.hostname.split('@')[0]}")
 
     record = ended(rig.celery, task_id)
     assert record.status is TaskStatus.COMPLETED, rig.celery.store.batches.of(task_id)
