@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +28,9 @@ from execution.tools.registry import (
     JSONValue,
     ProgressReporter,
     RetryPolicy,
-    Tool,
     ToolContext,
     ToolFunction,
+    tool,
 )
 
 MAX_BATCHES = 10_000
@@ -132,30 +132,29 @@ def parallel_tool(
     """Register a ParallelJob subclass as a tool. Time limits and the retry policy apply to
     each batch and to `plan` and `finalize`, each on its own; `.enqueue(payload)` works as for
     any tool, and calling the tool directly runs every step inline, in order."""
-    if not 0 <= priority <= 9:
-        raise ValueError(f"tool {tool_id!r}: priority must be 0-9")
+    as_tool = tool(
+        tool_id,
+        description=description,
+        queue=queue,
+        priority=priority,
+        time_limit=time_limit,
+        soft_time_limit=soft_time_limit,
+        retry=retry,
+        payload_model=payload_model,
+    )
 
     def mark(cls: type[J]) -> ToolFunction[JSONValue]:
         job = cls()
-        doc = (cls.__doc__ or "").strip()
-        spec = Tool(
-            tool_id=tool_id,
-            handler=lambda ctx: run_inline(job, ctx),
-            description=description or (doc.splitlines()[0] if doc else ""),
-            queue=queue,
-            priority=priority,
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            retry=retry or RetryPolicy(),
-            payload_model=payload_model,
-            parallel=job,
-            on_batch_failure=on_batch_failure,
-        )
-        function = ToolFunction(spec.handler, spec)
-        # Named as the class, not the lambda: reprs, logs and tracebacks say which job it is.
+
+        def handler(ctx: ToolContext) -> JSONValue:
+            return run_inline(job, ctx)
+
+        # Named as the class: reprs, logs and the tool's description come from it.
         for name in ("__module__", "__name__", "__qualname__", "__doc__"):
-            setattr(function, name, getattr(cls, name))
-        return function
+            setattr(handler, name, getattr(cls, name))
+        plain = as_tool(handler)
+        parallel = replace(plain.spec, parallel=job, on_batch_failure=on_batch_failure)
+        return ToolFunction(handler, parallel)
 
     return mark
 

@@ -167,7 +167,7 @@ class ToolFunction(Generic[R]):
         )
 
     def __repr__(self) -> str:
-        return f"<tool {self.spec.tool_id!r}: {self.func.__module__}.{self.func.__qualname__}>"
+        return f"<tool {self.spec.tool_id!r}: {self.__module__}.{self.__qualname__}>"
 
 
 def tool(
