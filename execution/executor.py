@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -16,7 +15,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from execution.dispatch_gate import DispatchGate, held_message, is_held
-from execution.hooks import ExecutorHook, Failure, Run
+from execution.hooks import ExecutorHook, Failure, Run, storable_text, unstorable_result
 from execution.leases import LeaseKeeper, TaskCancelled, TaskNoLongerRunning
 from execution.models import utcnow
 from execution.parallel_runs import WAITING, JobFailed, ParallelRuns
@@ -100,11 +99,6 @@ def _context(task: TaskRecord) -> dict[str, Any]:
 def _bound(task: TaskRecord) -> Any:
     """The log with what every line about one attempt carries."""
     return log.bind(**_context(task))
-
-
-def _storable(text: str) -> str:
-    """PostgreSQL refuses NUL in text; a tool's message must not lose its failure for it."""
-    return text.replace("\x00", "\\0")[:4000]
 
 
 class TaskExecutor:
@@ -288,13 +282,8 @@ class TaskExecutor:
             return self._end_failed(
                 run, Failure(type(exc).__name__, str(exc)), bound, retryable=retryable
             )
-        try:
-            text = json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return self._fail(run, Failure("ResultNotSerializable", str(exc)), bound)
-        if "\\u0000" in text:
-            failure = Failure("ResultNotSerializable", "the result contains a NUL character")
-            return self._fail(run, failure, bound)
+        if (unstorable := unstorable_result(result)) is not None:
+            return self._fail(run, unstorable, bound)
         if self.store.complete(run.task.task_id, attempt=run.attempt, result=result) is None:
             bound.warning("task.complete_skipped", reason="the attempt no longer holds the task")
             return RunOutcome.ABANDONED
@@ -311,7 +300,7 @@ class TaskExecutor:
         if not retryable or retry > policy.max_retries:
             return self._fail(run, failure, bound)
         delay = policy.delay(retry)
-        stored = Failure(failure.error_code, _storable(failure.message))
+        stored = Failure(failure.error_code, storable_text(failure.message))
         message = (
             f"retry {retry} of {policy.max_retries} in {delay:.1f}s after "
             f"{stored.error_code}: {stored.message}"
@@ -332,7 +321,7 @@ class TaskExecutor:
         return RunOutcome.RETRYING
 
     def _fail(self, run: Run, failure: Failure, bound: Any) -> RunOutcome:
-        stored = Failure(failure.error_code, _storable(failure.message))
+        stored = Failure(failure.error_code, storable_text(failure.message))
         record = self.store.fail(
             run.task.task_id,
             attempt=run.attempt,
@@ -415,7 +404,7 @@ class _ProgressWriter:
         ):
             return
         task_id = self._run.task.task_id
-        stored_message = _storable(message) if message is not None else None
+        stored_message = storable_text(message) if message is not None else None
         record = self._store.record_progress(
             task_id, attempt=self._run.attempt, progress=whole, message=stored_message
         )

@@ -8,6 +8,7 @@ tool error would, so a hook can stop a tool (the soft time limit does).
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,23 @@ class Failure:
 
     error_code: str
     message: str
+
+
+def storable_text(text: str) -> str:
+    """PostgreSQL refuses NUL in text; a tool's message must not lose its failure for it."""
+    return text.replace("\x00", "\\0")[:4000]
+
+
+def unstorable_result(result: Any) -> Failure | None:
+    """Why a tool's (or batch's) result cannot be stored as JSON, or None if it can: a bug in
+    the tool, which no retry mends."""
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return Failure("ResultNotSerializable", str(exc))
+    if "\\u0000" in text:
+        return Failure("ResultNotSerializable", "the result contains a NUL character")
+    return None
 
 
 class ExecutorHook:

@@ -9,7 +9,6 @@ left unfinished, and that process runs `finalize` as an attempt of the job.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ import structlog
 
 from execution.batch_records import UNFINISHED, BatchRecord
 from execution.dispatch_gate import is_held
-from execution.hooks import Failure, Run
+from execution.hooks import Failure, Run, storable_text, unstorable_result
 from execution.leases import TaskCancelled, TaskNoLongerRunning
 from execution.records import TaskRecord
 from execution.status import TaskStatus
@@ -215,7 +214,6 @@ class ParallelRuns:
         )
         try:
             result = tool.parallel.run_batch(ctx)
-            json.dumps(result, allow_nan=False)
         except TaskNoLongerRunning:
             bound.info("batch.abandoned")
             return None
@@ -229,8 +227,10 @@ class ParallelRuns:
             return self.failed(run, failure, retryable=True)
         except Exception as exc:
             bound.warning("batch.raised", error=f"{type(exc).__name__}: {exc}")
-            failure = Failure(type(exc).__name__, str(exc)[:4000])
+            failure = Failure(type(exc).__name__, str(exc))
             return self.failed(run, failure, retryable=isinstance(exc, tool.retry.retry_on))
+        if (unstorable := unstorable_result(result)) is not None:
+            return self._fail(batch, run.task, tool, unstorable)
         ended = self.store.batches.end(
             batch.task_id,
             batch.batch_no,
@@ -260,7 +260,7 @@ class ParallelRuns:
                 attempt=batch.attempts,
                 delay=delay,
                 error_code=failure.error_code,
-                error_message=failure.message,
+                error_message=storable_text(failure.message),
             )
             if again is None:
                 return None
@@ -282,7 +282,7 @@ class ParallelRuns:
             attempt=batch.attempts,
             status=TaskStatus.FAILED,
             error_code=failure.error_code,
-            error_message=failure.message,
+            error_message=storable_text(failure.message),
             stop_siblings=stop,
         )
         if ended is None:

@@ -262,3 +262,17 @@ def test_a_batch_past_its_soft_time_limit_is_told_to_stop_and_retried(
     ended = store.get(job.task_id)
     assert ended is not None
     assert (ended.status, ended.error_code) == (TaskStatus.FAILED, "BATCH_FAILED")
+
+
+def test_a_batch_result_json_cannot_hold_fails_the_batch_without_a_retry(
+    store: TaskStore, thread_backends: ThreadBackendFactory
+) -> None:
+    job = _run_job(store, thread_backends, {"n": 2, "unstorable": [1]})
+
+    assert (job.status, job.error_code) == (TaskStatus.FAILED, "BATCH_FAILED")
+    batch = store.batches.of(job.task_id)[1]
+    assert (batch.status, batch.attempts, batch.error_code) == (
+        TaskStatus.FAILED,
+        1,
+        "ResultNotSerializable",
+    )
