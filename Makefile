@@ -22,11 +22,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The integration tests start their own redis-server and PostgreSQL cluster on free loopback
-# ports; this makes sure the binaries are there (Debian packages, installed when root).
+# ports, and the benchmarks drive HTTP load with wrk; this makes sure the binaries are there
+# (Debian packages, installed when root).
 services:
 	@command -v redis-server >/dev/null || sh .ci/apt-install redis-server
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || sh .ci/apt-install postgresql
 	@command -v chromium >/dev/null || sh .ci/apt-install chromium
+	@command -v wrk >/dev/null || sh .ci/apt-install wrk
 
 test: $(STAMP) services lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -28,7 +28,7 @@ from benchmarks import (
 from benchmarks.context import BenchContext, Sizes
 from benchmarks.report import render
 from benchmarks.runner import Row
-from benchmarks.services import Services
+from benchmarks.services import STORES, Services, Store
 from execution.logs import configure_logging
 
 COMPARISONS: dict[str, Callable[[BenchContext], list[Row]]] = {
@@ -63,6 +63,10 @@ def main(
     server_env: Annotated[
         list[str] | None, typer.Option(help="KEY=VALUE for the Switchyard API server; repeatable.")
     ] = None,
+    store: Annotated[
+        list[str] | None,
+        typer.Option(help=f"Status stores to measure on: {', '.join(STORES)} (default both)."),
+    ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the work directory (databases, logs).")] = False,
 ) -> None:
     """Run every comparison side by side and print the table of ratios."""
@@ -74,6 +78,7 @@ def main(
         raise typer.BadParameter(
             f"unknown comparison {', '.join(unknown)}; known: {', '.join(COMPARISONS)}"
         )
+    stores = _stores(store)
     preset = "quick" if quick else "full" if full else "default"
     sizes = Sizes.preset(preset)
     extra_env = dict(_key_value(item) for item in server_env or [])
@@ -92,6 +97,7 @@ def main(
                 console=progress,
                 authorization=authorization,
                 server_env=extra_env,
+                stores=stores,
             )
             for name, comparison in COMPARISONS.items():
                 if name in chosen:
@@ -108,6 +114,15 @@ def main(
         progress.print(f"work directory kept: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stores(given: list[str] | None) -> tuple[Store, ...]:
+    if not given:
+        return STORES
+    unknown = sorted(set(given) - set(STORES))
+    if unknown:
+        raise typer.BadParameter(f"unknown store {', '.join(unknown)}; known: {', '.join(STORES)}")
+    return tuple(name for name in STORES if name in given)
 
 
 def _key_value(item: str) -> tuple[str, str]:

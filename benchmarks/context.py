@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 
 from benchmarks.runner import Summary
-from benchmarks.services import Services
+from benchmarks.services import STORES, Services, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +82,15 @@ PRESETS = {
 class Floors:
     """What the hardware allows, measured on the same run: per-task costs are shown in these."""
 
-    commit_us: float
-    """One single-row INSERT + COMMIT on SQLite with Switchyard's driver and PRAGMAs."""
+    commit_us: dict[Store, float]
+    """One single-row INSERT + COMMIT per store, with Switchyard's driver and settings."""
     redis_rtt_us: float
     """One LPUSH + RPOP pair against the run's redis-server."""
 
-    def in_commits(self, micros: float) -> str:
-        """A per-task cost in units of the commit floor."""
-        return f"{micros / self.commit_us:.1f} commits"
+    def in_commits(self, micros: float, store: Store = "sqlite") -> str:
+        """A per-task cost in units of the store's commit floor (as measured, if it was)."""
+        unit = self.commit_us.get(store)
+        return f"{micros / unit:.1f} commits" if unit else f"{micros:,.0f} µs"
 
     def in_redis(self, micros: float) -> str:
         """A per-task cost in units of the Redis push/pop floor."""
@@ -109,6 +110,8 @@ class BenchContext:
     """Extra environment for the Switchyard API server (API keys, say)."""
     floors: Floors | None = None
     """Set by the floors comparison, which runs first."""
+    stores: tuple[Store, ...] = STORES
+    """The status stores the store-dependent comparisons run on, each in rows of its own."""
 
 
 def per_task_micros(throughput: Summary) -> float:

@@ -1,36 +1,42 @@
-"""The floors: a raw SQLite commit and a raw Redis push/pop, the units of per-task costs."""
+"""The floors: a raw commit on each store and a raw Redis push/pop, the units of per-task costs."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
+from sqlalchemy.pool import PoolProxiedConnection
 
 from benchmarks.context import BenchContext, Floors
 from benchmarks.runner import Row, Summary, Variant, alternate
+from benchmarks.services import Store
 from execution.database import make_engine
 
 TABLE = "floor_rows"
+DRIVERS: dict[Store, str] = {
+    "sqlite": "SQLite single-row INSERT + COMMIT (sqlite3, WAL, synchronous=NORMAL)",
+    "postgresql": "PostgreSQL single-row INSERT + COMMIT (psycopg 3, loopback TCP)",
+}
+PLACEHOLDER: dict[Store, str] = {"sqlite": "?", "postgresql": "%s"}
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    """Measure both floors in alternation and keep their medians for the other comparisons."""
+    """Measure every floor in alternation and keep their medians for the other comparisons."""
     ops = ctx.sizes.floor_ops
-    engine = make_engine(f"sqlite:///{ctx.services.workdir / 'floor.db'}")
     client = redis.Redis.from_url(ctx.services.redis_url())
-    # The raw DB-API connection: the driver and PRAGMAs Switchyard uses, without SQLAlchemy.
-    raw = engine.raw_connection()
+    closers: list[Callable[[], None]] = [client.close]
+    variants: list[Variant] = []
     try:
-        raw.cursor().execute(f"CREATE TABLE {TABLE} (id INTEGER PRIMARY KEY, value TEXT)")
-        raw.commit()
-
-        def commits() -> float:
-            cursor = raw.cursor()
-            started = time.perf_counter()
-            for number in range(ops):
-                cursor.execute(f"INSERT INTO {TABLE} (value) VALUES (?)", (str(number),))  # noqa: S608
-                raw.commit()
-            return (time.perf_counter() - started) / ops * 1e6
+        for store in ctx.stores:
+            # The raw DB-API connection: the driver and settings Switchyard uses, no SQLAlchemy.
+            engine = make_engine(ctx.services.database_url(store, "floor"))
+            raw = engine.raw_connection()
+            closers += [engine.dispose, raw.close]
+            create = "id INTEGER PRIMARY KEY" if store == "sqlite" else "id SERIAL PRIMARY KEY"
+            raw.cursor().execute(f"CREATE TABLE {TABLE} ({create}, value TEXT)")
+            raw.commit()
+            variants.append(Variant(f"commit {store}", _commits(raw, ops, PLACEHOLDER[store])))
 
         def push_pops() -> float:
             started = time.perf_counter()
@@ -39,30 +45,46 @@ def run(ctx: BenchContext) -> list[Row]:
                 client.rpop("floor")
             return (time.perf_counter() - started) / ops * 1e6
 
-        figures = alternate(
-            [Variant("commit", commits), Variant("push/pop", push_pops)],
-            rounds=ctx.sizes.rounds,
-            console=ctx.console,
-        )
+        variants.append(Variant("push/pop", push_pops))
+        figures = alternate(variants, rounds=ctx.sizes.rounds, console=ctx.console)
     finally:
-        raw.close()
-        client.close()
-        engine.dispose()
-    commit, push_pop = Summary.of(figures["commit"]), Summary.of(figures["push/pop"])
-    ctx.floors = Floors(commit_us=commit.median, redis_rtt_us=push_pop.median)
-    return [
+        for close in reversed(closers):
+            close()
+    commits = {store: Summary.of(figures[f"commit {store}"]) for store in ctx.stores}
+    push_pop = Summary.of(figures["push/pop"])
+    ctx.floors = Floors(
+        commit_us={store: summary.median for store, summary in commits.items()},
+        redis_rtt_us=push_pop.median,
+    )
+    rows = [
         Row(
             part="floor",
-            what="SQLite single-row INSERT + COMMIT (sqlite3, WAL, synchronous=NORMAL)",
+            what=DRIVERS[store],
             unit="µs",
-            ours=commit,
-            notes=["the unit 'commits' below"],
-        ),
+            ours=summary,
+            notes=[f"the unit 'commits' of {store} rows below"],
+        )
+        for store, summary in commits.items()
+    ]
+    rows.append(
         Row(
             part="floor",
             what="Redis LPUSH + RPOP round trip (redis-py, loopback)",
             unit="µs",
             ours=push_pop,
             notes=["the unit 'push/pops' below"],
-        ),
-    ]
+        )
+    )
+    return rows
+
+
+def _commits(raw: PoolProxiedConnection, ops: int, mark: str) -> Callable[[], float]:
+    def measure() -> float:
+        cursor = raw.cursor()
+        started = time.perf_counter()
+        for number in range(ops):
+            cursor.execute(f"INSERT INTO {TABLE} (value) VALUES ({mark})", (str(number),))  # noqa: S608
+            raw.commit()
+        return (time.perf_counter() - started) / ops * 1e6
+
+    return measure

@@ -17,14 +17,23 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from celery import Celery
 
-from tests.integration.servers import RedisServer, free_port, start_redis
+from tests.integration.servers import (
+    PostgresServer,
+    RedisServer,
+    free_port,
+    start_postgres,
+    start_redis,
+)
 from tests.integration.workers import REPO_ROOT, WorkerProcess, start_worker
 
 READY_TIMEOUT = 60.0
+Store = Literal["sqlite", "postgresql"]
+STORES: tuple[Store, ...] = ("sqlite", "postgresql")
 REDIS_DATABASES = 16
 
 
@@ -34,12 +43,13 @@ class ServiceFailed(RuntimeError):
 
 @dataclass
 class _Shared:
-    """What lives for the whole run: the work directory and one redis-server."""
+    """What lives for the whole run: the work directory, one redis-server, one PostgreSQL."""
 
     workdir: Path
     stack: ExitStack
     redis: RedisServer | None = None
     databases: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    postgres: PostgresServer | None = None
 
 
 class Services:
@@ -78,6 +88,22 @@ class Services:
         if number >= REDIS_DATABASES:
             raise ServiceFailed("this run asked for more Redis databases than redis-server has")
         return f"redis://127.0.0.1:{shared.redis.port}/{number}"
+
+    def database_url(self, store: Store, name: str) -> str:
+        """A fresh, empty database called `name` in `store`: a file, or one on the run's server.
+
+        The PostgreSQL 15 cluster is started on first use, as the integration tests start it
+        (fsync off: the figures compare code paths, not disks), and stopped with the run.
+        """
+        if store == "sqlite":
+            path = self.workdir / f"{name}.db"
+            path.unlink(missing_ok=True)
+            return f"sqlite:///{path}"
+        shared = self._shared
+        if shared.postgres is None:
+            shared.postgres = start_postgres()
+            shared.stack.callback(shared.postgres.stop)
+        return shared.postgres.create_database(name)
 
     def switchyard_worker(
         self, *, env: dict[str, str], broker_url: str, name: str, concurrency: int, pool: str
