@@ -10,6 +10,7 @@ from celery import Celery, bootsteps
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import RedisError
 
+from backends.celery_timers import CancelledTimerSweep
 from backends.settings import CELERY_KILL_GRACE_SECONDS, CelerySettings
 from execution.redaction import redact_text, redact_url
 from execution.settings import SettingsError
@@ -134,6 +135,7 @@ def make_celery_app(settings: CelerySettings, registry: ToolRegistry) -> Celery:
         worker_redirect_stdouts_level="INFO",
     )
     app.steps["worker"].add(PersistenceCheck)
+    app.steps["worker"].add(CancelledTimerSweep)
     return app
 
 
