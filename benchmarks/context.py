@@ -31,6 +31,8 @@ class Sizes:
     """Tasks a worker runs for the memory-growth figure."""
     floor_ops: int
     """Commits / push-pop pairs per round of the floors."""
+    soak_tasks: int
+    """Mixed tasks submitted through the API in the soak, per store."""
 
     @classmethod
     def preset(cls, name: str) -> Sizes:
@@ -52,6 +54,7 @@ PRESETS = {
         queued_tasks=1_000,
         worker_tasks=200,
         floor_ops=300,
+        soak_tasks=60,
     ),
     "default": Sizes(
         rounds=5,
@@ -63,6 +66,7 @@ PRESETS = {
         queued_tasks=100_000,
         worker_tasks=10_000,
         floor_ops=2_000,
+        soak_tasks=3_000,
     ),
     "full": Sizes(
         rounds=7,
@@ -74,6 +78,7 @@ PRESETS = {
         queued_tasks=100_000,
         worker_tasks=100_000,
         floor_ops=5_000,
+        soak_tasks=100_000,
     ),
 }
 

@@ -50,6 +50,7 @@ class _Shared:
     redis: RedisServer | None = None
     databases: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     postgres: PostgresServer | None = None
+    servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
 class Services:
@@ -158,6 +159,7 @@ class Services:
         port = free_port()
         process = self._spawn(command, name=name, env={**env, "PORT": str(port)})
         self._stack.callback(_stop_group, process)
+        self._shared.servers[name] = process
         base_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -170,6 +172,10 @@ class Services:
                 pass
             time.sleep(0.1)
         raise ServiceFailed(f"{name} did not answer /health in {READY_TIMEOUT}s; see {name}.log")
+
+    def server_pid(self, name: str) -> int:
+        """The process id of the server `http_server` started as `name` (for its memory)."""
+        return self._shared.servers[name].pid
 
     def _spawn(
         self, command: list[str], *, name: str, env: dict[str, str]
