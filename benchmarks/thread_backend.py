@@ -1,10 +1,22 @@
-"""Part 2: noop tasks from submit to COMPLETED on the thread backend vs a hand-written pool."""
+"""Part 2: noop tasks from submit to COMPLETED on the thread backend, on each status store.
+
+Three variants alternate round by round, each on a fresh database of its own in the store: the
+thread backend (Runtime, dispatcher.submit), the hand-written SQLAlchemy pool
+(benchmarks/handwritten_pool.py) and the floor, the backend's exact transactions on the bare
+driver (benchmarks/stdlib_pool.py). Everything a store's variants start is stopped before the
+next store's start.
+"""
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import wait
+from collections.abc import Callable
+from concurrent.futures import Future, wait
 from contextlib import ExitStack
+from dataclasses import dataclass
+from threading import Lock
+
+from sqlalchemy import Connection, Engine, event
 
 from api.runtime import Runtime
 from api.settings import Settings
@@ -12,52 +24,101 @@ from backends.base import TaskBackend
 from benchmarks.context import BenchContext, per_task_micros
 from benchmarks.handwritten_pool import HandWrittenPool
 from benchmarks.rows import count_status, require_status
-from benchmarks.runner import Row, Variant, alternate, compared_row
+from benchmarks.runner import Row, Summary, Variant, alternate, compared_row
+from benchmarks.services import Store
+from benchmarks.stdlib_pool import StdlibPool
 from dispatch.dispatcher import NewTask
 from execution import database
 from execution.status import TaskStatus
 
-TARGET_RATIO = 0.8
+POOL_TARGET = 1.0
+FLOOR_TARGET = 0.5
 POLL_SECONDS = 0.001
+STORE_NAMES: dict[Store, str] = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+POOL_LABEL = "hand-written SQLAlchemy ThreadPoolExecutor, same writes"
+FLOOR_LABELS: dict[Store, str] = {
+    "sqlite": "stdlib sqlite3 pool, same transactions",
+    "postgresql": "psycopg pool, same transactions",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    """A variant, and the commits per task it has made over all its rounds so far."""
+
+    variant: Variant
+    commits_per_task: Callable[[], float]
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    """Same driver loop, same worker count, same engine settings, alternated round by round."""
-    with ExitStack() as stack:
-        ours, workers = _switchyard(ctx, stack)
-        baseline = _handwritten(ctx, stack, workers)
-        figures = alternate([ours, baseline], rounds=ctx.sizes.rounds, console=ctx.console)
-    row = compared_row(
-        part="2",
-        what=f"Thread backend, noop end to end ({workers} threads, SQLite)",
-        unit="tasks/s",
-        ours=figures[ours.label],
-        baseline_label="ThreadPoolExecutor + same status writes",
-        baseline=figures[baseline.label],
-        target=f"≥ {TARGET_RATIO}x",
-        meets=lambda _, ratio: ratio.median >= TARGET_RATIO,
-    )
-    if ctx.floors and row.ours and row.baseline:
-        row.notes.append(
-            f"per task: {ctx.floors.in_commits(per_task_micros(row.ours))} vs "
-            f"{ctx.floors.in_commits(per_task_micros(row.baseline))}"
+    """Per store: same driver loop, same worker count, same schema, alternated round by round."""
+    rows: list[Row] = []
+    for store in ctx.stores:
+        rows.extend(_on(ctx, store))
+    return rows
+
+
+def _on(ctx: BenchContext, store: Store) -> list[Row]:
+    with ExitStack() as stack:  # closed before the next store: no thread or connection left
+        ours, workers = _switchyard(ctx, stack, store)
+        pool = _handwritten(ctx, stack, store, workers)
+        floor = _stdlib(ctx, stack, store, workers)
+        measured = (ours, pool, floor)
+        figures = alternate(
+            [each.variant for each in measured], rounds=ctx.sizes.rounds, console=ctx.console
         )
-    return [row]
+        commits = [each.commits_per_task() for each in measured]
+    what = f"Thread backend, noop end to end ({workers} threads, {STORE_NAMES[store]})"
+    ours_figures = figures[ours.variant.label]
+    rows = []
+    for baseline, label, target, baseline_commits in (
+        (pool, POOL_LABEL, POOL_TARGET, commits[1]),
+        (floor, FLOOR_LABELS[store], FLOOR_TARGET, commits[2]),
+    ):
+        row = compared_row(
+            part="2",
+            what=what,
+            unit="tasks/s",
+            ours=ours_figures,
+            baseline_label=label,
+            baseline=figures[baseline.variant.label],
+            target=f"≥ {target}x",
+            meets=_at_least(target),
+        )
+        row.notes.extend(_notes(ctx, store, row, commits[0], baseline_commits))
+        rows.append(row)
+    return rows
 
 
-def _switchyard(ctx: BenchContext, stack: ExitStack) -> tuple[Variant, int]:
+def _notes(
+    ctx: BenchContext, store: Store, row: Row, ours_commits: float, baseline_commits: float
+) -> list[str]:
+    notes = []
+    if ctx.floors and row.ours and row.baseline:
+        notes.append(
+            f"per task: {ctx.floors.in_commits(per_task_micros(row.ours), store)} vs "
+            f"{ctx.floors.in_commits(per_task_micros(row.baseline), store)}"
+        )
+    notes.append(f"commits per task (counted): {ours_commits:.2f} vs {baseline_commits:.2f}")
+    return notes
+
+
+def _switchyard(ctx: BenchContext, stack: ExitStack, store: Store) -> tuple[_Measured, int]:
     settings = Settings(
         _env_file=None,
-        database_url=f"sqlite:///{ctx.services.workdir / 'thread-switchyard.db'}",
+        database_url=ctx.services.database_url(store, "thread_switchyard"),
         use_celery=False,
         background_queue_size=10_000_000,
         switchyard_data_dir=ctx.services.workdir,
         shutdown_timeout=30,
     )
     runtime = Runtime.build(settings)
+    stack.callback(runtime.engine.dispose)  # also when the runtime never starts
+    database.upgrade(runtime.engine)  # an external database is not migrated by the runtime
     runtime.prepare_database()
     runtime.start()
     stack.callback(runtime.stop)
+    commits = _count_commits(runtime.engine, stack)  # from here: the tasks' commits only
     backend, tasks = runtime.backends["thread"], ctx.sizes.thread_tasks
     completed = 0
 
@@ -72,7 +133,8 @@ def _switchyard(ctx: BenchContext, stack: ExitStack) -> tuple[Variant, int]:
         require_status(runtime.engine, TaskStatus.COMPLETED, completed, what="thread backend")
         return tasks / elapsed
 
-    return Variant("switchyard thread backend", measure), settings.background_workers
+    variant = Variant(f"switchyard thread backend ({store})", measure)
+    return _Measured(variant, lambda: commits() / completed), settings.background_workers
 
 
 def _wait_until_done(backend: TaskBackend, runtime: Runtime, expected: int) -> None:
@@ -85,10 +147,11 @@ def _wait_until_done(backend: TaskBackend, runtime: Runtime, expected: int) -> N
         time.sleep(POLL_SECONDS)
 
 
-def _handwritten(ctx: BenchContext, stack: ExitStack, workers: int) -> Variant:
-    engine = database.make_engine(f"sqlite:///{ctx.services.workdir / 'thread-handwritten.db'}")
-    database.upgrade(engine)
+def _handwritten(ctx: BenchContext, stack: ExitStack, store: Store, workers: int) -> _Measured:
+    engine = database.make_engine(ctx.services.database_url(store, "thread_handwritten"))
     stack.callback(engine.dispose)
+    database.upgrade(engine)
+    commits = _count_commits(engine, stack)
     pool = HandWrittenPool(engine=engine, workers=workers)
     stack.callback(pool.shutdown)
     tasks, completed = ctx.sizes.thread_tasks, 0
@@ -97,12 +160,62 @@ def _handwritten(ctx: BenchContext, stack: ExitStack, workers: int) -> Variant:
         nonlocal completed
         started = time.perf_counter()
         futures = [pool.submit({}) for _ in range(tasks)]
-        wait(futures)
-        elapsed = time.perf_counter() - started
-        for future in futures:
-            future.result()  # a failed write fails the run instead of flattering the baseline
+        elapsed = _elapsed_when_done(futures, started)
         completed += tasks
         require_status(engine, TaskStatus.COMPLETED, completed, what="hand-written pool")
         return tasks / elapsed
 
-    return Variant("hand-written ThreadPoolExecutor", measure)
+    variant = Variant(f"hand-written SQLAlchemy pool ({store})", measure)
+    return _Measured(variant, lambda: commits() / completed)
+
+
+def _stdlib(ctx: BenchContext, stack: ExitStack, store: Store, workers: int) -> _Measured:
+    url = ctx.services.database_url(store, "thread_stdlib")
+    # SQLAlchemy builds the schema and counts the rows after a round; the timed path is bare.
+    engine = database.make_engine(url)
+    stack.callback(engine.dispose)
+    database.upgrade(engine)
+    engine.dispose()  # no connection of its own open while the floor runs
+    pool = StdlibPool(database_url=url, workers=workers)
+    stack.callback(pool.shutdown)
+    tasks, completed = ctx.sizes.thread_tasks, 0
+
+    def measure() -> float:
+        nonlocal completed
+        started = time.perf_counter()
+        futures = [pool.submit({}) for _ in range(tasks)]
+        elapsed = _elapsed_when_done(futures, started)
+        completed += tasks
+        require_status(engine, TaskStatus.COMPLETED, completed, what=FLOOR_LABELS[store])
+        engine.dispose()
+        return tasks / elapsed
+
+    variant = Variant(f"{FLOOR_LABELS[store].split(',')[0]} ({store})", measure)
+    return _Measured(variant, lambda: pool.commits / completed)
+
+
+def _elapsed_when_done(futures: list[Future[None]], started: float) -> float:
+    wait(futures)
+    elapsed = time.perf_counter() - started
+    for future in futures:
+        future.result()  # a failed write fails the run instead of flattering the baseline
+    return elapsed
+
+
+def _count_commits(engine: Engine, stack: ExitStack) -> Callable[[], int]:
+    """Count the transactions committed on `engine` from now on (SQLAlchemy's commit event)."""
+    count = 0
+    lock = Lock()
+
+    def committed(_conn: Connection) -> None:
+        nonlocal count
+        with lock:
+            count += 1
+
+    event.listen(engine, "commit", committed)
+    stack.callback(event.remove, engine, "commit", committed)
+    return lambda: count
+
+
+def _at_least(target: float) -> Callable[[Summary, Summary], bool]:
+    return lambda _ours, ratio: ratio.median >= target
