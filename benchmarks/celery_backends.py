@@ -1,79 +1,133 @@
-"""Part 3: noop tasks end to end on the Celery backend vs plain Celery, same workers and pool.
+"""Part 3: noop tasks end to end on the Celery backend vs Celery by hand, same workers and pool.
 
-Three setups, each with its own Redis database and worker, alternated round by round:
-Switchyard (dispatcher in this process, `switchyard worker`), plain Celery with no result
-backend, and plain Celery with the SQLAlchemy result backend and `task_track_started`. A round
-ends when the broker holds nothing for the setup: no message waiting and none unacknowledged
-(every setup acknowledges late, so an acknowledged message is a finished task).
+Per status store (SQLite, PostgreSQL), four setups, each with its own Redis database, worker and
+database, alternated round by round:
+
+- Switchyard: the dispatcher in this process, `switchyard worker`;
+- plain Celery with no result backend (`plain_celery_app.app`);
+- plain Celery with the SQLAlchemy database result backend and `task_track_started`, its results
+  in the store's database (`plain_celery_app.tracked_app`);
+- the hand-written durable path (`durable_celery_app`): Switchyard's rows, written by hand.
+
+A round ends when the broker holds nothing for the setup: no message waiting and none
+unacknowledged (every setup acknowledges late, so an acknowledged message is a finished task).
+Every round then checks the rows: each task COMPLETED (Switchyard, durable) or stored as a
+SUCCESS result (database result backend).
 """
 
 from __future__ import annotations
 
-import sqlite3
+import os
 import time
-from contextlib import ExitStack, closing
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import redis
+from sqlalchemy import Engine, text
 
 from api.runtime import Runtime
 from api.settings import Settings
 from benchmarks.context import BenchContext, per_task_micros
+from benchmarks.durable_celery_app import DATABASE_ENV, Publisher
 from benchmarks.plain_celery_app import NOOP, QUEUE, make_app
 from benchmarks.rows import require_status
-from benchmarks.runner import Row, Variant, alternate, compared_row
+from benchmarks.runner import Row, Summary, Variant, alternate, compared_row
+from benchmarks.services import Services, Store
 from dispatch.dispatcher import NewTask
+from execution.database import make_engine, upgrade
 from execution.status import BackendName, TaskStatus
 
 TARGET_RATIO = 0.85
+"""3a: Switchyard's Celery backend against plain Celery with no result backend."""
+TARGET_TRACKED_RATIO = 3.0
+"""3b: against Celery with its database result backend and track_started."""
 CONCURRENCY = 2
 POOL = "prefork"
 POLL_SECONDS = 0.002
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: "<queue>\x06\x16<step>" per priority
+STORE_NAMES: dict[Store, str] = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
 def run(ctx: BenchContext) -> list[Row]:
-    """Alternate the three setups; ratios of Switchyard to each plain one."""
-    with ExitStack() as stack:
-        ours = _switchyard(ctx, stack)
-        plain = _plain(ctx, stack, tracked=False)
-        tracked = _plain(ctx, stack, tracked=True)
-        figures = alternate([ours, plain, tracked], rounds=ctx.sizes.rounds, console=ctx.console)
-    setup = f"{CONCURRENCY} {POOL} processes, SQLite, Redis"
+    """Per store, alternate the four setups; ratios of Switchyard to each of the other three."""
+    rows: list[Row] = []
+    for store in ctx.stores:
+        ctx.console.log(f"  store: {STORE_NAMES[store]}")
+        # A scope per store: its workers stop before the next store's start (2 cores).
+        with ctx.services.scope() as services, ExitStack() as stack:
+            ours = _switchyard(ctx, services, stack, store)
+            plain = _plain(ctx, services, stack, store, tracked=False)
+            tracked = _plain(ctx, services, stack, store, tracked=True)
+            durable = _durable(ctx, services, stack, store)
+            figures = alternate(
+                [ours, plain, tracked, durable], rounds=ctx.sizes.rounds, console=ctx.console
+            )
+        rows += _rows(ctx, store, figures, ours.label, plain.label, tracked.label, durable.label)
+    return rows
+
+
+def _rows(
+    ctx: BenchContext,
+    store: Store,
+    figures: dict[str, list[float]],
+    ours: str,
+    plain: str,
+    tracked: str,
+    durable: str,
+) -> list[Row]:
+    what = (
+        f"Celery backend, noop end to end ({CONCURRENCY} {POOL} processes, "
+        f"{STORE_NAMES[store]}, Redis)"
+    )
     rows = [
         compared_row(
             part="3a",
-            what=f"Celery backend, noop end to end ({setup})",
+            what=what,
             unit="tasks/s",
-            ours=figures[ours.label],
+            ours=figures[ours],
             baseline_label="plain Celery, no result backend",
-            baseline=figures[plain.label],
+            baseline=figures[plain],
             target=f"≥ {TARGET_RATIO}x",
             meets=lambda _, ratio: ratio.median >= TARGET_RATIO,
         ),
         compared_row(
             part="3b",
-            what=f"Celery backend, noop end to end ({setup})",
+            what=what,
             unit="tasks/s",
-            ours=figures[ours.label],
+            ours=figures[ours],
             baseline_label="plain Celery + database result backend, track_started",
-            baseline=figures[tracked.label],
+            baseline=figures[tracked],
+            target=f"≥ {TARGET_TRACKED_RATIO:g}x",
+            meets=lambda _, ratio: ratio.median >= TARGET_TRACKED_RATIO,
+        ),
+        compared_row(
+            part="3c",
+            what=what,
+            unit="tasks/s",
+            ours=figures[ours],
+            baseline_label="hand-written durable Celery (row + 2 transactions, raw driver)",
+            baseline=figures[durable],
             target="reported",
         ),
     ]
     if ctx.floors:
         for row in rows:
             if row.ours and row.baseline:
-                row.notes.append(
-                    f"per task: {ctx.floors.in_redis(per_task_micros(row.ours))} vs "
-                    f"{ctx.floors.in_redis(per_task_micros(row.baseline))}"
-                )
+                row.notes.append(_per_task(ctx, store, row.ours, row.baseline))
     return rows
 
 
-def _switchyard(ctx: BenchContext, stack: ExitStack) -> Variant:
-    broker = ctx.services.redis_url()
-    database_url = f"sqlite:///{ctx.services.workdir / 'celery-switchyard.db'}"
+def _per_task(ctx: BenchContext, store: Store, ours: Summary, baseline: Summary) -> str:
+    assert ctx.floors is not None
+    return (
+        f"per task: {ctx.floors.in_redis(per_task_micros(ours))} vs "
+        f"{ctx.floors.in_redis(per_task_micros(baseline))}"
+    )
+
+
+def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> Variant:
+    broker = services.redis_url()
+    database_url = services.database_url(store, "celery_switchyard")
     settings = Settings(
         _env_file=None,
         database_url=database_url,
@@ -81,16 +135,17 @@ def _switchyard(ctx: BenchContext, stack: ExitStack) -> Variant:
         use_celery=True,
         celery_rollout_percentage=100,
         celery_worker_concurrency=CONCURRENCY,
-        switchyard_data_dir=ctx.services.workdir,
+        switchyard_data_dir=services.workdir,
     )
     runtime = Runtime.build(settings)
+    upgrade(runtime.engine)  # prepare_database migrates only an embedded (SQLite) store
     runtime.prepare_database()
     runtime.start()
     stack.callback(runtime.stop)
-    ctx.services.switchyard_worker(
+    services.switchyard_worker(
         env={"DATABASE_URL": database_url, "REDIS_URL": broker, "LOG_LEVEL": "INFO"},
         broker_url=broker,
-        name="celery-switchyard",
+        name=f"celery-switchyard-{store}",
         concurrency=CONCURRENCY,
         pool=POOL,
     )
@@ -108,25 +163,35 @@ def _switchyard(ctx: BenchContext, stack: ExitStack) -> Variant:
             runtime.engine,
             TaskStatus.COMPLETED,
             completed,
-            what="celery backend",
+            what=f"celery backend ({store})",
             backend=BackendName.CELERY,
         )
         return tasks / elapsed
 
-    return Variant("switchyard celery backend", measure)
+    return Variant(f"switchyard celery backend ({store})", measure)
 
 
-def _plain(ctx: BenchContext, stack: ExitStack, *, tracked: bool) -> Variant:
-    broker = ctx.services.redis_url()
-    name = "celery-tracked" if tracked else "celery-plain"
-    results = ctx.services.workdir / f"{name}-results.db"
-    ctx.services.celery_worker(
+def _plain(
+    ctx: BenchContext, services: Services, stack: ExitStack, store: Store, *, tracked: bool
+) -> Variant:
+    broker = services.redis_url()
+    name = f"celery-tracked-{store}" if tracked else f"celery-plain-{store}"
+    results: Engine | None = None
+    result_backend: str | None = None
+    if tracked:
+        # Celery's database backend takes a SQLAlchemy URL after "db+" (postgresql+psycopg too)
+        # and creates its tables itself; the count after each round reads them.
+        database_url = services.database_url(store, "celery_results")
+        result_backend = f"db+{database_url}"
+        results = make_engine(database_url)
+        stack.callback(results.dispose)
+    services.celery_worker(
         app=f"benchmarks.plain_celery_app:{'tracked_app' if tracked else 'app'}",
         broker_url=broker,
         name=name,
         concurrency=CONCURRENCY,
         pool=POOL,
-        result_backend=f"db+sqlite:///{results}" if tracked else None,
+        result_backend=result_backend,
     )
     publisher = make_app(f"{name}-publisher", tracked=tracked, broker_url=broker)
     stack.callback(publisher.close)
@@ -140,12 +205,53 @@ def _plain(ctx: BenchContext, stack: ExitStack, *, tracked: bool) -> Variant:
             publisher.send_task(NOOP, queue=QUEUE)
         elapsed = wait_drained(client, QUEUE) - started
         completed += tasks
-        if tracked:
+        if results is not None:
             _require_results(results, completed)
         return tasks / elapsed
 
     label = "celery + database results" if tracked else "plain celery"
-    return Variant(label, measure)
+    return Variant(f"{label} ({store})", measure)
+
+
+def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> Variant:
+    broker = services.redis_url()
+    database_url = services.database_url(store, "celery_durable")
+    # Switchyard's schema, migrated as Switchyard migrates it; this engine only sets it up and
+    # counts the rows after each round, the measured path never touches it.
+    engine = make_engine(database_url)
+    stack.callback(engine.dispose)
+    upgrade(engine)
+    name = f"celery-durable-{store}"
+    with _environment(DATABASE_ENV, database_url):  # celery_worker passes our environment on
+        services.celery_worker(
+            app="benchmarks.durable_celery_app:app",
+            broker_url=broker,
+            name=name,
+            concurrency=CONCURRENCY,
+            pool=POOL,
+        )
+    publisher = Publisher(database_url=database_url, broker_url=broker)
+    stack.callback(publisher.close)
+    client = _client(broker, stack)
+    tasks, completed = ctx.sizes.celery_tasks, 0
+
+    def measure() -> float:
+        nonlocal completed
+        started = time.perf_counter()
+        for _ in range(tasks):
+            publisher.submit()
+        elapsed = wait_drained(client, QUEUE) - started
+        completed += tasks
+        require_status(
+            engine,
+            TaskStatus.COMPLETED,
+            completed,
+            what=f"hand-written durable celery ({store})",
+            backend=BackendName.CELERY,
+        )
+        return tasks / elapsed
+
+    return Variant(f"hand-written durable celery ({store})", measure)
 
 
 def wait_drained(client: redis.Redis, queue: str) -> float:
@@ -177,10 +283,24 @@ def _client(url: str, stack: ExitStack) -> redis.Redis:
     return client
 
 
-def _require_results(path: Path, expected: int) -> None:
-    with closing(sqlite3.connect(path)) as conn:
-        (found,) = conn.execute(
-            "SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'"
-        ).fetchone()
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`name` set to `value` in this process's environment while a worker is spawned."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+def _require_results(engine: Engine, expected: int) -> None:
+    with engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")
+        ).scalar_one()
     if found != expected:
         raise RuntimeError(f"database result backend: expected {expected} results, found {found}")

@@ -6,7 +6,8 @@ Switchyard adds per task rather than what those reliability choices cost:
 
 - `app`: no result backend, results ignored (the issue's "plain Celery").
 - `tracked_app`: the status rows a team would otherwise get from Celery itself: a SQLAlchemy
-  database result backend (`--result-backend db+sqlite:///...`) and `task_track_started`.
+  database result backend (`--result-backend db+sqlite:///...` or
+  `db+postgresql+psycopg://...`) and `task_track_started`.
 
 The broker (and the result backend) come from the worker's command line (`--broker`,
 `--result-backend`), so importing this module reads no environment.
@@ -43,12 +44,14 @@ def make_app(name: str, *, tracked: bool, broker_url: str | None = None) -> Cele
         task_default_queue=QUEUE,
         worker_hijack_root_logger=False,
     )
-
-    @app.task(name=NOOP)
-    def noop() -> dict[str, Any]:
-        return {"ok": True}
-
+    # One function for every app: Celery warns of a task name taken by another callable.
+    app.task(name=NOOP)(noop)
     return app
+
+
+def noop() -> dict[str, Any]:
+    """The task: nothing, returned at once."""
+    return {"ok": True}
 
 
 app = make_app("plain", tracked=False)
