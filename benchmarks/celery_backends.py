@@ -31,7 +31,7 @@ from benchmarks.context import BenchContext, per_task_micros
 from benchmarks.durable_celery_app import DATABASE_ENV, Publisher
 from benchmarks.plain_celery_app import NOOP, QUEUE, make_app
 from benchmarks.rows import require_status
-from benchmarks.runner import Row, Summary, Variant, alternate, compared_row
+from benchmarks.runner import Row, Variant, alternate, compared_row
 from benchmarks.services import Services, Store
 from dispatch.dispatcher import NewTask
 from execution.database import make_engine, upgrade
@@ -113,16 +113,11 @@ def _rows(
     if ctx.floors:
         for row in rows:
             if row.ours and row.baseline:
-                row.notes.append(_per_task(ctx, store, row.ours, row.baseline))
+                row.notes.append(
+                    f"per task: {ctx.floors.in_redis(per_task_micros(row.ours))} vs "
+                    f"{ctx.floors.in_redis(per_task_micros(row.baseline))}"
+                )
     return rows
-
-
-def _per_task(ctx: BenchContext, store: Store, ours: Summary, baseline: Summary) -> str:
-    assert ctx.floors is not None
-    return (
-        f"per task: {ctx.floors.in_redis(per_task_micros(ours))} vs "
-        f"{ctx.floors.in_redis(per_task_micros(baseline))}"
-    )
 
 
 def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> Variant:
