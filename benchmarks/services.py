@@ -23,6 +23,7 @@ import httpx
 from celery import Celery
 
 from tests.integration.servers import (
+    REDIS_DATABASES,
     PostgresServer,
     RedisServer,
     free_port,
@@ -34,7 +35,6 @@ from tests.integration.workers import REPO_ROOT, WorkerProcess, start_worker
 READY_TIMEOUT = 60.0
 Store = Literal["sqlite", "postgresql"]
 STORES: tuple[Store, ...] = ("sqlite", "postgresql")
-REDIS_DATABASES = 16
 
 
 class ServiceFailed(RuntimeError):

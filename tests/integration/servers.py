@@ -48,6 +48,9 @@ class RedisServer:
         self.process.wait(timeout=10)
 
 
+REDIS_DATABASES = 64
+
+
 def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
     """redis-server without persistence (tests need none); on `port` to restart one."""
     binary = shutil.which("redis-server")
@@ -70,6 +73,9 @@ def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
             "no",
             "--dir",
             str(workdir),
+            # A benchmark run gives every setup a database of its own; 16 is not enough.
+            "--databases",
+            str(REDIS_DATABASES),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
