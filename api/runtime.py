@@ -254,6 +254,7 @@ class Runtime:
         self.recovery.stop()
         for backend in self.backends.values():
             backend.shutdown(self.settings.shutdown_timeout)
+        self.executor.leases.stop()
         self.rollout.stop()
         self.engine.dispose()
         log.info("runtime.stopped")

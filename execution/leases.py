@@ -80,6 +80,7 @@ class LeaseKeeper(ExecutorHook):
         self._thread: threading.Thread | None = None
         self._wake_at = 0.0
         """When the keeper thread wakes next on its own (monotonic)."""
+        self._stopping = False
 
     def subscribe(self, listener: Abandoned) -> None:
         """Be told when an attempt running on some thread is abandoned."""
@@ -155,11 +156,24 @@ class LeaseKeeper(ExecutorHook):
                 )
         return released
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the keeper thread (the process is stopping); attempts still running keep their
+        leases until those run out. A later claim starts a new thread."""
+        with self._lock:
+            thread, self._stopping = self._thread, True
+            self._wake.notify()
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            self._stopping, self._thread = False, None
+
     # -- the keeper thread ---------------------------------------------------------------------
 
     def _keep(self) -> None:
         while True:
             with self._lock:
+                if self._stopping:
+                    return
                 now = time.monotonic()
                 due = [a for a in self._active.values() if not a.ended and a.next_moment() <= now]
                 if not due:

@@ -223,3 +223,22 @@ def test_an_attempt_past_every_allowance_fails_worker_lost_without_running(
         "WORKER_LOST",
         None,
     )
+
+
+def test_stopping_the_keeper_ends_its_thread_and_a_later_claim_starts_it_again(
+    store: TaskStore, leased: TaskExecutor
+) -> None:
+    others = {t for t in threading.enumerate() if t.name == "switchyard-leases"}
+
+    def keepers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "switchyard-leases"} - others
+
+    assert leased.run(queued_task(store, tool_id="noop").task_id) is RunOutcome.COMPLETED
+    assert keepers(), "a claim starts the keeper"
+
+    leased.leases.stop()
+    assert not keepers(), "the keeper outlived its stop"
+
+    assert leased.run(queued_task(store, tool_id="noop").task_id) is RunOutcome.COMPLETED
+    assert keepers()
+    leased.leases.stop()
