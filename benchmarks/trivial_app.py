@@ -1,29 +1,110 @@
-"""The API baseline: a trivial FastAPI endpoint, served the way `switchyard serve` serves the API.
+"""The API baselines, served the way `switchyard serve` serves the API.
 
 `python -m benchmarks.trivial_app` (PORT from the environment): one uvicorn worker, the same
-logging setup, the same request body model; the handler only answers.
+logging setup, the same request body model.
+
+- `POST /tasks` only validates the body and answers: what FastAPI alone costs.
+- `POST /tasks/raw`, when DATABASE_URL is set: the same, made durable by hand. One transaction
+  inserts the task row QUEUED (every column Switchyard fills, as it fills them) and its CREATED
+  and QUEUED events into Switchyard's own migrated schema, with hand-written SQL through the
+  stdlib `sqlite3` (Switchyard's PRAGMAs) or psycopg 3. Nothing runs the task: it is the cost of
+  the commit, to set against everything else `POST /tasks` does.
+
+The raw handler is a sync `def`, like Switchyard's `create_task`, so both pay the same hop to
+FastAPI's threadpool and the difference is the work, not the threading model. Each worker
+thread keeps its own connection (a DB-API connection must not be shared by threads running at
+once); an async handler with one connection and a lock would run the blocking commit on the
+event loop and stall every other request for its duration. On SQLite, writers take turns on a
+process lock, as Switchyard's store does, instead of meeting SQLite's sleeping busy handler.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
+import threading
 import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import uvicorn
 from fastapi import FastAPI, status
+from psycopg.types.json import Json
+from sqlalchemy.engine import make_url
 
 from api.schemas import TaskCreate
+from execution.database import SQLITE_BUSY_TIMEOUT_MS, make_engine, upgrade
 from execution.logs import configure_logging
 
+USER_ID = "benchmark"
+BACKEND = "thread"
+BUCKETS = 10_000
+# Every column of `tasks` and what Switchyard writes in it for a new task handed to the thread
+# backend at once; "{p}" are the parameters (see `_params`), the rest is fixed.
+TASK_VALUES = {
+    "task_id": "{p}",
+    "user_id": f"'{USER_ID}'",
+    "tool_id": "{p}",
+    "status": "'QUEUED'",
+    "progress": "0",
+    "message": "'queued'",
+    "priority": "{p}",
+    "payload": "{p}",
+    "result": "NULL",
+    "error_code": "NULL",
+    "error_message": "NULL",
+    "backend": f"'{BACKEND}'",
+    "celery_task_id": "NULL",
+    "attempts": "0",
+    "attempts_before_retry": "0",
+    "lease_owner": "NULL",
+    "lease_expires_at": "NULL",
+    "run_after": "NULL",
+    "dispatched_at": "{p}",
+    "cancel_requested_at": "NULL",
+    "idempotency_key": "NULL",
+    "rollout_bucket": "{p}",
+    "rollout_percentage": "0.0",
+    "created_at": "{p}",
+    "queued_at": "{p}",
+    "processing_started_at": "NULL",
+    "completed_at": "NULL",
+    "failed_at": "NULL",
+    "updated_at": "{p}",
+}
+INSERT_TASK = (
+    f"INSERT INTO tasks ({', '.join(TASK_VALUES)}) VALUES ({', '.join(TASK_VALUES.values())})"  # noqa: S608
+)
+EVENTS = (
+    "INSERT INTO task_events (task_id, seq, status, progress, message, at) VALUES "
+    "({p}, 1, 'CREATED', 0, 'created', {p}), ({p}, 2, 'QUEUED', 0, 'queued', {p})"
+)
 
-def create_trivial_app() -> FastAPI:
-    """POST /tasks that validates the body and returns at once; GET /health for readiness."""
+Insert = Callable[[str, str, int, dict[str, Any], int, datetime], None]
+
+
+def create_trivial_app(database_url: str | None = None) -> FastAPI:
+    """POST /tasks that validates the body and returns at once; POST /tasks/raw that also
+    inserts the task by hand into `database_url` (migrated here), if given; GET /health."""
     app = FastAPI(title="trivial")
 
     @app.post("/tasks", status_code=status.HTTP_201_CREATED)
     async def create(body: TaskCreate) -> dict[str, Any]:
         return {"task_id": str(uuid.uuid4()), "tool_id": body.tool_id, "status": "QUEUED"}
+
+    if database_url is not None:
+        insert = raw_inserter(database_url)
+
+        @app.post("/tasks/raw", status_code=status.HTTP_201_CREATED)
+        def create_raw(body: TaskCreate) -> dict[str, Any]:
+            task_id = uuid.uuid4()
+            priority = body.priority if body.priority is not None else 0
+            bucket = task_id.int % BUCKETS
+            insert(str(task_id), body.tool_id, priority, body.payload, bucket, datetime.now(UTC))
+            return {"task_id": str(task_id), "tool_id": body.tool_id, "status": "QUEUED"}
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -32,11 +113,100 @@ def create_trivial_app() -> FastAPI:
     return app
 
 
+def raw_inserter(database_url: str) -> Insert:
+    """Migrate `database_url` to Switchyard's schema; a function committing one new task."""
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_inserter(str(url.database))
+    if url.get_backend_name() == "postgresql":
+        return _postgres_inserter(
+            url.set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+    raise ValueError(f"no raw insert for {url.get_backend_name()}")
+
+
+def _sqlite_inserter(path: str) -> Insert:
+    task_sql = INSERT_TASK.format(p="?")
+    event_sql = EVENTS.format(p="?")
+    local = threading.local()
+    write_turn = threading.Lock()
+
+    def connection() -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+            for pragma in (  # execution.database._sqlite_pragmas
+                "journal_mode=WAL",
+                f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+                "synchronous=NORMAL",
+                "foreign_keys=ON",
+            ):
+                conn.execute(f"PRAGMA {pragma}")
+            local.conn = conn
+        return conn
+
+    def insert(
+        task_id: str, tool_id: str, priority: int, payload: Any, bucket: int, now: datetime
+    ) -> None:
+        # SQLAlchemy's SQLite DATETIME text, so the rows read back as Switchyard's do.
+        at = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        conn = connection()
+        with write_turn:
+            conn.execute(
+                task_sql, _params(task_id, tool_id, priority, json.dumps(payload), bucket, at)
+            )
+            conn.execute(event_sql, (task_id, at, task_id, at))
+            conn.commit()
+
+    return insert
+
+
+def _postgres_inserter(conninfo: str) -> Insert:
+    task_sql = INSERT_TASK.format(p="%s")
+    event_sql = EVENTS.format(p="%s")
+    local = threading.local()
+
+    def connection() -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] | None = getattr(local, "conn", None)
+        if conn is None:
+            conn = psycopg.connect(conninfo)
+            local.conn = conn
+        return conn
+
+    def insert(
+        task_id: str, tool_id: str, priority: int, payload: Any, bucket: int, now: datetime
+    ) -> None:
+        conn = connection()
+        with conn.cursor() as cursor:
+            cursor.execute(
+                task_sql, _params(task_id, tool_id, priority, Json(payload), bucket, now)
+            )
+            cursor.execute(event_sql, (task_id, now, task_id, now))
+            conn.commit()
+
+    return insert
+
+
+def _params(
+    task_id: str, tool_id: str, priority: int, payload: Any, bucket: int, at: Any
+) -> tuple[Any, ...]:
+    """The parameters of INSERT_TASK, in the order of its "{p}"s."""
+    return (task_id, tool_id, priority, payload, at, bucket, at, at, at)
+
+
 def main() -> None:
-    """Serve on 127.0.0.1:$PORT."""
+    """Serve on 127.0.0.1:$PORT; POST /tasks/raw too if DATABASE_URL is set."""
     configure_logging(level="INFO", json_output=False)
     uvicorn.run(
-        create_trivial_app(), host="127.0.0.1", port=int(os.environ["PORT"]), log_config=None
+        create_trivial_app(os.environ.get("DATABASE_URL") or None),
+        host="127.0.0.1",
+        port=int(os.environ["PORT"]),
+        log_config=None,
     )
 
 
