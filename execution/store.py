@@ -27,6 +27,7 @@ from sqlalchemy import (
 
 from execution.batch_store import BatchStore
 from execution.models import UTCDateTime, utcnow
+from execution.prepared import PreparedStatements
 from execution.records import TASKS, TaskEvent, TaskRecord
 from execution.status import TERMINAL_STATUSES, TaskStatus
 from execution.task_statements import (
@@ -153,6 +154,7 @@ class TaskStore:
         self._write_turn: AbstractContextManager[Any] = (
             threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
         )
+        self._prepared = PreparedStatements(engine)
         self.batches = BatchStore(engine, self._write_turn)
         """The batches of parallel jobs."""
 
@@ -207,9 +209,9 @@ class TaskStore:
                 (2, TaskStatus.QUEUED, r.message),
             )
         ]
-        with self._write_turn, self.engine.begin() as conn:
-            conn.execute(INSERT_TASK, [record.as_row() for record in records])
-            conn.execute(INSERT_FIRST_EVENT, events)
+        with self._write_turn, self._prepared.transaction() as cursor:
+            self._prepared[INSERT_TASK].execute_many(cursor, [r.as_row() for r in records])
+            self._prepared[INSERT_FIRST_EVENT].execute_many(cursor, events)
         return records
 
     def claim(
@@ -849,13 +851,24 @@ class TaskStore:
             where_backend=backend,
             where_dispatched_at=dispatched_at,
         )
-        with self._write_turn, self.engine.begin() as conn:
-            row = conn.execute(statement, params).one_or_none()
+        prepared = self._prepared[statement]
+        with self._write_turn, self._prepared.transaction() as cursor:
+            prepared.execute(cursor, params)
+            row = prepared.fetch_one(cursor)
             if row is None:
                 return None
-            record = TaskRecord.from_row(row._mapping)
+            record = TaskRecord.from_row(row)
             if record_event:
-                self._append_event(conn, task_id, to_status, record.progress, message, now)
+                self._prepared[INSERT_EVENT].execute(
+                    cursor,
+                    {
+                        "task_id": task_id,
+                        "status": to_status,
+                        "progress": record.progress,
+                        "message": message,
+                        "at": now,
+                    },
+                )
         return record
 
     def _exists(self, query: Select[Any]) -> bool:

@@ -129,7 +129,8 @@ def guard_clause(guard: Guard) -> ColumnElement[bool]:
         case Guard.RUNNING:
             return status == TaskStatus.PROCESSING
         case Guard.FINISHED:
-            return status.in_((TaskStatus.FAILED, TaskStatus.CANCELLED))
+            # Not IN (...): its list parameter is rendered per execution (see execution.prepared).
+            return or_(status == TaskStatus.FAILED, status == TaskStatus.CANCELLED)
 
 
 @functools.cache  # one statement per shape of transition: a handful, fixed by the code

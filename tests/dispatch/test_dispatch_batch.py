@@ -4,6 +4,7 @@ each handed over as a single submit would be."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event
@@ -123,8 +124,15 @@ def test_bad_items_reject_the_whole_batch_by_index_and_nothing_is_created(
 def test_all_rows_and_their_events_are_written_in_one_commit(
     store: TaskStore, registry: ToolRegistry, engine: Engine
 ) -> None:
-    commits: list[object] = []
-    event.listen(engine, "commit", commits.append)
+    # Counted at the driver: the store's writes go to the DB-API connection directly.
+    commits: list[str] = []
+
+    def count_commits(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.set_trace_callback(
+            lambda sql: commits.append(sql) if sql == "COMMIT" else None
+        )
+
+    event.listen(engine.pool, "checkout", count_commits)
     threads = {"thread": RecordingBackend(name="thread")}
     dispatcher = _dispatcher(store, registry, threads, policy=THREADS)
 
