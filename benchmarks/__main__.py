@@ -23,6 +23,7 @@ from benchmarks import (
     rollback_under_load,
     rollout_propagation,
     routing,
+    soak,
     thread_backend,
 )
 from benchmarks.context import BenchContext, Sizes
@@ -41,6 +42,7 @@ COMPARISONS: dict[str, Callable[[BenchContext], list[Row]]] = {
     "rollout": rollout_propagation.run,
     "rollback": rollback_under_load.run,
     "memory": memory.run,
+    "soak": soak.run,
 }
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
