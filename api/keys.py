@@ -11,7 +11,18 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Column, Engine, RowMapping, String, Table, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Engine,
+    RowMapping,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.limits import check_storable_json
@@ -34,6 +45,8 @@ class ApiKeyRow(Base):
 
 
 _KEYS = cast(Table, ApiKeyRow.__table__)
+_KEY_BY_ID = select(_KEYS).where(_KEYS.c.key_id == bindparam("key_id"))
+"""Built once: `verify` runs on every request that carries a key."""
 
 KEY_PREFIX = "sy"
 _TOKEN = re.compile(rf"{KEY_PREFIX}_(?P<key_id>[0-9a-f]{{16}})_(?P<secret>[A-Za-z0-9_-]{{43}})")
@@ -144,7 +157,7 @@ class KeyStore:
         if key_id is None:
             return None
         with self.engine.connect() as conn:
-            row = conn.execute(select(_KEYS).where(_KEYS.c.key_id == key_id)).one_or_none()
+            row = conn.execute(_KEY_BY_ID, {"key_id": key_id}).one_or_none()
         # The key id is public (listings show it); only the hash comparison guards the secret.
         if row is None or not hmac.compare_digest(row.key_hash, hash_token(token)):
             return None
