@@ -10,8 +10,10 @@ same PRAGMAs and adapters): the row written is the row the Core path would write
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 from sqlalchemy import Engine
@@ -108,12 +110,23 @@ class Prepared:
 
 
 class PreparedStatements:
-    """An engine's prepared statements, compiled on first use."""
+    """An engine's prepared statements (compiled on first use), and its write transactions."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect
         self._compiled: dict[Executable, Prepared] = {}
+        # SQLite lets one writer in at a time and makes the others poll, sleeping 1 ms or more
+        # between tries; threads of this process take turns on a lock instead, which hands the
+        # database over at once. Other processes still meet SQLite's own wait. Since the turn
+        # is held anyway, those writes share one connection: no pool checkout per transaction.
+        self.serial = engine.dialect.name == "sqlite"
+        self.write_turn: AbstractContextManager[Any] = (
+            threading.Lock() if self.serial else nullcontext()
+        )
+        """Held by every write of this process to this database, prepared or not."""
+        self._writer: Any = None
+        self._writer_pid = 0
 
     def __getitem__(self, statement: Executable) -> Prepared:
         # Statements are module constants or cached per shape, never changed once built: each
@@ -124,32 +137,58 @@ class PreparedStatements:
         return prepared
 
     @contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A DB-API cursor in one transaction on a pooled connection: committed when the block
-        ends, rolled back if it raises. The driver's errors come out as SQLAlchemy's
-        (`IntegrityError`...), as from the Core path, and a connection the database dropped
-        is discarded from the pool, not handed out again."""
-        connection = self.engine.raw_connection()
-        cursor = connection.cursor()
-        try:
-            yield cursor
+    def write(self) -> Iterator[Any]:
+        """A DB-API cursor in one write transaction, in this process's write turn: committed
+        when the block ends, rolled back if it raises. The driver's errors come out as
+        SQLAlchemy's (`IntegrityError`...), as from the Core path, and a connection the
+        database dropped is discarded, not used again."""
+        with self.write_turn:
+            connection = self._serial_writer() if self.serial else self.engine.raw_connection()
+            cursor = connection.cursor()
             try:
-                connection.commit()
-            except self.dialect.loaded_dbapi.Error as exc:
-                raise translated(exc, self.dialect, cursor, "COMMIT", None) from exc
-        except BaseException as exc:
-            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                connection.invalidate(exc)
-            else:
+                yield cursor
                 try:
-                    connection.rollback()
-                except self.dialect.loaded_dbapi.Error as failed:
-                    connection.invalidate(failed)
-            raise
-        finally:
+                    connection.commit()
+                except self.dialect.loaded_dbapi.Error as exc:
+                    raise translated(exc, self.dialect, cursor, "COMMIT", None) from exc
+            except BaseException as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    self._discard(connection, exc)
+                else:
+                    try:
+                        connection.rollback()
+                    except self.dialect.loaded_dbapi.Error as failed:
+                        self._discard(connection, failed)
+                raise
+            finally:
+                with suppress(self.dialect.loaded_dbapi.Error):
+                    cursor.close()
+                if not self.serial:
+                    connection.close()  # back to the pool
+
+    def _serial_writer(self) -> Any:
+        """This process's SQLite write connection, opened through the pool (its PRAGMAs) and
+        kept out of it. A forked child opens its own: the parent's is never used there, nor
+        closed: SQLite's close may checkpoint and remove files the parent still uses."""
+        if self._writer is None or self._writer_pid != os.getpid():
+            if self._writer is not None:
+                _INHERITED.append(self._writer)
+            self._writer = self.engine.raw_connection()
+            self._writer.detach()
+            self._writer_pid = os.getpid()
+        return self._writer
+
+    def _discard(self, connection: Any, error: BaseException) -> None:
+        if connection is self._writer:
+            self._writer = None
             with suppress(self.dialect.loaded_dbapi.Error):
-                cursor.close()
-            connection.close()
+                connection.close()
+        else:
+            connection.invalidate(error)
+
+
+_INHERITED: list[Any] = []
+"""Write connections a forked process inherited: kept referenced, so never closed there."""
 
 
 def translated(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -148,13 +146,8 @@ class TaskStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # SQLite lets one writer in at a time and makes the others poll, sleeping 1 ms or more
-        # between tries; threads of this process take turns on a lock instead, which hands the
-        # database over at once. Other processes still meet SQLite's own wait.
-        self._write_turn: AbstractContextManager[Any] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
-        )
         self._prepared = PreparedStatements(engine)
+        self._write_turn = self._prepared.write_turn
         self.batches = BatchStore(engine, self._write_turn)
         """The batches of parallel jobs."""
 
@@ -209,7 +202,7 @@ class TaskStore:
                 (2, TaskStatus.QUEUED, r.message),
             )
         ]
-        with self._write_turn, self._prepared.transaction() as cursor:
+        with self._prepared.write() as cursor:
             self._prepared[INSERT_TASK].execute_many(cursor, [r.as_row() for r in records])
             self._prepared[INSERT_FIRST_EVENT].execute_many(cursor, events)
         return records
@@ -852,7 +845,7 @@ class TaskStore:
             where_dispatched_at=dispatched_at,
         )
         prepared = self._prepared[statement]
-        with self._write_turn, self._prepared.transaction() as cursor:
+        with self._prepared.write() as cursor:
             prepared.execute(cursor, params)
             row = prepared.fetch_one(cursor)
             if row is None:
