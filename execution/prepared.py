@@ -4,8 +4,8 @@ A task's insert, claim and completion are a handful of fixed statements run thou
 a second. For each, SQLAlchemy's Core spends several times what the database itself needs:
 an execution context, parameter processing, a result object, a connection wrapper. A
 `Prepared` statement is the SQL SQLAlchemy compiled for the engine's dialect, run with the
-bind and result processors of that same dialect, on a connection from the same pool (with the
-same PRAGMAs and adapters): the row written is the row the Core path would write, for less.
+bind and result processors of that same dialect, on a connection the engine's pool opened (with
+the same PRAGMAs and adapters): the row written is the row the Core path would write, for less.
 """
 
 from __future__ import annotations
