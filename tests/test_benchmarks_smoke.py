@@ -9,10 +9,10 @@ import pytest
 
 from tests.integration.workers import REPO_ROOT
 
-pytestmark = pytest.mark.integration
-
 QUICK_RUN_SECONDS = 420
 """About two minutes on an idle 2-core machine: both stores, PostgreSQL started by the run."""
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(QUICK_RUN_SECONDS + 30)]
 ROWS = (
     "floor",
     "Routing decision",
