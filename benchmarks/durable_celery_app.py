@@ -21,19 +21,16 @@ The worker finds its database in the environment (`BENCH_DATABASE_URL`, a URL as
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 from celery import Celery
 from celery.signals import worker_process_shutdown
-from psycopg.types.json import Json
 
+from benchmarks.bare_driver import BareStore
 from benchmarks.plain_celery_app import QUEUE
 from benchmarks.plain_celery_app import make_app as make_plain_app
 
@@ -44,17 +41,7 @@ USER_ID = "bench"
 BACKEND = "celery"
 RESULT = {"ok": True}
 LEASE_SECONDS = 300
-SQLITE_BUSY_TIMEOUT_MS = 10_000
-SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA foreign_keys=ON",
-)
-SQLITE_PREFIX = "sqlite:///"
-POSTGRES_PREFIXES = ("postgresql+psycopg://", "postgresql://")
-
-# Written with `?` placeholders; PostgreSQL's copies use `%s` (see Rows.__init__).
+# Written with `?` placeholders; BareStore.sql marks them for the driver.
 INSERT_TASK = (
     "INSERT INTO tasks (task_id, user_id, tool_id, status, progress, message, priority, payload,"
     " backend, celery_task_id, attempts, attempts_before_retry, dispatched_at, created_at,"
@@ -92,35 +79,22 @@ class Rows:
         self.pid = os.getpid()
         self.owner = f"{socket.gethostname()}:{self.pid}"
         """Whom a claim leases the row to: this process."""
-        self._conn: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]]
-        if database_url.startswith(SQLITE_PREFIX):
-            self._sqlite = True
-            # Default transaction handling: BEGIN (deferred) before the first INSERT/UPDATE,
-            # as SQLAlchemy's pysqlite dialect leaves it.
-            conn = sqlite3.connect(
-                database_url.removeprefix(SQLITE_PREFIX), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000
-            )
-            for pragma in SQLITE_PRAGMAS:
-                conn.execute(pragma)
-            self._conn = conn
-        elif database_url.startswith(POSTGRES_PREFIXES):
-            self._sqlite = False
-            self._conn = psycopg.connect(f"postgresql://{database_url.split('://', 1)[1]}")
-        else:
-            raise ValueError(f"no hand-written path for {database_url.split(':', 1)[0]} URLs")
-        sql = (lambda statement: statement) if self._sqlite else _percent_placeholders
-        self._insert_task = sql(INSERT_TASK)
-        self._insert_first_events = sql(INSERT_FIRST_EVENTS)
-        self._claim = sql(CLAIM)
-        self._complete = sql(COMPLETE)
-        self._insert_event = sql(INSERT_EVENT)
+        self._store = store = BareStore.of(database_url)
+        # SQLite: default transaction handling, BEGIN (deferred) before the first INSERT or
+        # UPDATE, as SQLAlchemy's pysqlite dialect leaves it.
+        self._conn = store.connect()
+        self._insert_task = store.sql(INSERT_TASK)
+        self._insert_first_events = store.sql(INSERT_FIRST_EVENTS)
+        self._claim = store.sql(CLAIM)
+        self._complete = store.sql(COMPLETE)
+        self._insert_event = store.sql(INSERT_EVENT)
 
     def create(self, task_id: str) -> None:
         """Commit a new QUEUED row and its CREATED and QUEUED events."""
-        now = self._time(_now())
+        now = self._store.stamp(_now())
         self._conn.execute(
             self._insert_task,
-            (task_id, USER_ID, TOOL_ID, self._json({}), BACKEND, task_id, now, now, now, now),
+            (task_id, USER_ID, TOOL_ID, self._store.json({}), BACKEND, task_id, now, now, now, now),
         )
         self._conn.execute(self._insert_first_events, (task_id, now, task_id, now))
         self._conn.commit()
@@ -128,8 +102,8 @@ class Rows:
     def claim(self, task_id: str) -> int | None:
         """Take a QUEUED row for this attempt; its number, or None if it was not QUEUED."""
         moment = _now()
-        now = self._time(moment)
-        expires = self._time(moment + timedelta(seconds=LEASE_SECONDS))
+        now = self._store.stamp(moment)
+        expires = self._store.stamp(moment + timedelta(seconds=LEASE_SECONDS))
         claimed = self._conn.execute(
             self._claim, (self.owner, expires, now, now, now, task_id, BACKEND)
         ).fetchall()
@@ -142,9 +116,9 @@ class Rows:
 
     def complete(self, task_id: str, attempt: int, result: Any) -> bool:
         """PROCESSING -> COMPLETED with `result`, if `attempt` is still the running one."""
-        now = self._time(_now())
+        now = self._store.stamp(_now())
         done = self._conn.execute(
-            self._complete, (self._json(result), now, now, task_id, attempt)
+            self._complete, (self._store.json(result), now, now, task_id, attempt)
         ).rowcount
         if done != 1:
             self._conn.rollback()
@@ -159,13 +133,6 @@ class Rows:
 
     def _event(self, task_id: str, status: str, progress: int, message: str, at: Any) -> None:
         self._conn.execute(self._insert_event, (task_id, task_id, status, progress, message, at))
-
-    def _time(self, moment: datetime) -> Any:
-        # SQLite has no time type: the text SQLAlchemy's DateTime stores (UTC, no offset).
-        return moment.strftime("%Y-%m-%d %H:%M:%S.%f") if self._sqlite else moment
-
-    def _json(self, value: Any) -> Any:
-        return json.dumps(value) if self._sqlite else Json(value)
 
 
 class Publisher:
@@ -220,10 +187,6 @@ def _close_worker_rows(**_: Any) -> None:
     rows = _PER_PROCESS.pop(os.getpid(), None)
     if rows is not None:
         rows.close()
-
-
-def _percent_placeholders(statement: str) -> str:
-    return statement.replace("?", "%s")
 
 
 def _now() -> datetime:

@@ -25,23 +25,18 @@ building statements and converting values through SQLAlchemy.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import psycopg
-from sqlalchemy.engine import make_url
-
-from execution.database import SQLITE_BUSY_TIMEOUT_MS
+from benchmarks.bare_driver import BareStore
 
 LEASE = timedelta(seconds=30)
 """Switchyard's default lease (`ExecutorLimits.lease_seconds`): the expiry it writes on a claim."""
@@ -50,14 +45,6 @@ BUCKETS = 10_000
 ATTEMPT = 1
 """Each task here is claimed once, so its running attempt is the first: the finish is fenced
 on it as Switchyard fences on the attempt it claimed."""
-SQLITE_PRAGMAS = (
-    "PRAGMA journal_mode=WAL",
-    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-    "PRAGMA synchronous=NORMAL",
-    "PRAGMA foreign_keys=ON",
-)
-"""What `execution.database.make_engine` sets on every SQLite connection."""
-
 INSERT_TASK = """
 INSERT INTO tasks (
     task_id, user_id, tool_id, status, progress, message, priority, payload, result,
@@ -121,66 +108,13 @@ class _Link:
     commits: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Dialect:
-    """How one store is spoken to: connect, start a transaction, write values, mark parameters."""
-
-    connect: Callable[[], tuple[_Connection, _Cursor]]
-    begin: str | None
-    """Sent to open a transaction; None where the driver opens one itself (psycopg)."""
-    stamp: Callable[[datetime], object]
-    """A UTC time as the column takes it."""
-    placeholder: str
-
-
-def _sqlite(path: str) -> _Dialect:
-    def connect() -> tuple[_Connection, _Cursor]:
-        # isolation_level=None: the module never opens a transaction on its own; the pool's
-        # BEGIN and commit() bound each one. Closed by the pool from the thread that stops it.
-        conn = sqlite3.connect(
-            path,
-            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        for pragma in SQLITE_PRAGMAS:
-            conn.execute(pragma)
-        return conn, conn.cursor()
-
-    # SQLAlchemy's SQLite DATETIME text: naive UTC with microseconds.
-    return _Dialect(connect, "BEGIN", lambda at: f"{at:%Y-%m-%d %H:%M:%S.%f}", "?")
-
-
-def _postgresql(conninfo: str) -> _Dialect:
-    def connect() -> tuple[_Connection, _Cursor]:
-        # Not autocommit: the first statement opens the transaction, commit() ends it.
-        conn = psycopg.connect(conninfo)
-        return conn, conn.cursor()
-
-    return _Dialect(connect, None, lambda at: at, "%s")
-
-
-def _dialect(database_url: str) -> _Dialect:
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        assert url.database, "the floor needs a SQLite file, shared by its threads"
-        return _sqlite(url.database)
-    if url.get_backend_name() == "postgresql":
-        return _postgresql(url.set(drivername="postgresql").render_as_string(hide_password=False))
-    raise ValueError(f"no floor for {url.get_backend_name()}")
-
-
 class StdlibPool:
     """Runs `noop` tasks on a thread pool with the thread backend's transactions, bare driver."""
 
     def __init__(self, *, database_url: str, workers: int) -> None:
-        dialect = _dialect(database_url)
-        self._connect = dialect.connect
-        self._begin = dialect.begin
-        self._stamp = dialect.stamp
-        mark = dialect.placeholder
+        self._store = store = BareStore.of(database_url)
         self._sql = {
-            name: statement.replace("?", mark)
+            name: store.sql(statement)
             for name, statement in (
                 ("insert_task", INSERT_TASK),
                 ("first_events", INSERT_FIRST_EVENTS),
@@ -192,7 +126,7 @@ class StdlibPool:
         }
         # SQLite: one writer at a time, handed over on a lock (see the module docstring).
         self._turn: AbstractContextManager[Any] = (
-            threading.Lock() if dialect.begin is not None else nullcontext()
+            threading.Lock() if store.sqlite else nullcontext()
         )
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._local = threading.local()
@@ -209,9 +143,9 @@ class StdlibPool:
     def submit(self, payload: dict[str, Any]) -> Future[None]:
         """Write the task QUEUED with its first two events, then hand it to the pool."""
         task_id = str(uuid.uuid4())
-        now = self._stamp(datetime.now(UTC))
+        now = self._store.stamp(datetime.now(UTC))
         bucket = uuid.uuid4().int % BUCKETS
-        task = (task_id, "bench", "noop", json.dumps(payload), now, bucket, now, now, now)
+        task = (task_id, "bench", "noop", self._store.json(payload), now, bucket, now, now, now)
         link = self._link()
         with self._turn:
             self._open(link)
@@ -235,13 +169,13 @@ class StdlibPool:
     def _run(self, task_id: str) -> None:
         link = self._link()
         at = datetime.now(UTC)
-        now = self._stamp(at)
+        now = self._store.stamp(at)
         with self._turn:
             self._open(link)
             try:
                 link.cursor.execute(
                     self._sql["claim"],
-                    (self._owner, self._stamp(at + LEASE), now, now, now, task_id),
+                    (self._owner, self._store.stamp(at + LEASE), now, now, now, task_id),
                 )
                 claimed = link.cursor.rowcount == 1
                 if claimed:
@@ -253,12 +187,12 @@ class StdlibPool:
         if not claimed:
             return  # another copy has it: the round's row count then fails the run
         result = {"ok": True}  # what the noop tool returns
-        now = self._stamp(datetime.now(UTC))
+        now = self._store.stamp(datetime.now(UTC))
         with self._turn:
             self._open(link)
             try:
                 link.cursor.execute(
-                    self._sql["complete"], (json.dumps(result), now, now, task_id, ATTEMPT)
+                    self._sql["complete"], (self._store.json(result), now, now, task_id, ATTEMPT)
                 )
                 if link.cursor.rowcount == 1:
                     link.cursor.execute(self._sql["completed"], (task_id, now))
@@ -270,15 +204,25 @@ class StdlibPool:
     def _link(self) -> _Link:
         link: _Link | None = getattr(self._local, "link", None)
         if link is None:
-            link = _Link(*self._connect())
+            link = self._connect()
             self._local.link = link
             with self._links_lock:
                 self._links.append(link)
         return link
 
+    def _connect(self) -> _Link:
+        # SQLite: isolation_level=None, the module never opens a transaction on its own; the
+        # pool's BEGIN and commit() bound each one. Closed by the pool from the thread that
+        # stops it. PostgreSQL: not autocommit, the first statement opens the transaction.
+        if self._store.sqlite:
+            conn = self._store.connect(isolation_level=None, check_same_thread=False)
+        else:
+            conn = self._store.connect()
+        return _Link(conn, conn.cursor())
+
     def _open(self, link: _Link) -> None:
-        if self._begin is not None:
-            link.cursor.execute(self._begin, ())
+        if self._store.sqlite:
+            link.cursor.execute("BEGIN", ())
 
     @staticmethod
     def _commit(link: _Link) -> None:

@@ -20,39 +20,36 @@ process lock, as Switchyard's store does, instead of meeting SQLite's sleeping b
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import uvicorn
 from fastapi import FastAPI, status
-from psycopg.types.json import Json
-from sqlalchemy.engine import make_url
 
 from api.schemas import TaskCreate
-from execution.database import SQLITE_BUSY_TIMEOUT_MS, make_engine, upgrade
+from benchmarks.bare_driver import BareStore
+from execution.database import make_engine, upgrade
 from execution.logs import configure_logging
 
 USER_ID = "benchmark"
 BACKEND = "thread"
 BUCKETS = 10_000
 # Every column of `tasks` and what Switchyard writes in it for a new task handed to the thread
-# backend at once; "{p}" are the parameters (see `_params`), the rest is fixed.
+# backend at once; "?" are the parameters (see `_params`), the rest is fixed.
 TASK_VALUES = {
-    "task_id": "{p}",
+    "task_id": "?",
     "user_id": f"'{USER_ID}'",
-    "tool_id": "{p}",
+    "tool_id": "?",
     "status": "'QUEUED'",
     "progress": "0",
     "message": "'queued'",
-    "priority": "{p}",
-    "payload": "{p}",
+    "priority": "?",
+    "payload": "?",
     "result": "NULL",
     "error_code": "NULL",
     "error_message": "NULL",
@@ -63,24 +60,24 @@ TASK_VALUES = {
     "lease_owner": "NULL",
     "lease_expires_at": "NULL",
     "run_after": "NULL",
-    "dispatched_at": "{p}",
+    "dispatched_at": "?",
     "cancel_requested_at": "NULL",
     "idempotency_key": "NULL",
-    "rollout_bucket": "{p}",
+    "rollout_bucket": "?",
     "rollout_percentage": "0.0",
-    "created_at": "{p}",
-    "queued_at": "{p}",
+    "created_at": "?",
+    "queued_at": "?",
     "processing_started_at": "NULL",
     "completed_at": "NULL",
     "failed_at": "NULL",
-    "updated_at": "{p}",
+    "updated_at": "?",
 }
 INSERT_TASK = (
     f"INSERT INTO tasks ({', '.join(TASK_VALUES)}) VALUES ({', '.join(TASK_VALUES.values())})"  # noqa: S608
 )
 EVENTS = (
     "INSERT INTO task_events (task_id, seq, status, progress, message, at) VALUES "
-    "({p}, 1, 'CREATED', 0, 'created', {p}), ({p}, 2, 'QUEUED', 0, 'queued', {p})"
+    "(?, 1, 'CREATED', 0, 'created', ?), (?, 2, 'QUEUED', 0, 'queued', ?)"
 )
 
 Insert = Callable[[str, str, int, dict[str, Any], int, datetime], None]
@@ -120,73 +117,28 @@ def raw_inserter(database_url: str) -> Insert:
         upgrade(engine)
     finally:
         engine.dispose()
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite":
-        return _sqlite_inserter(str(url.database))
-    if url.get_backend_name() == "postgresql":
-        return _postgres_inserter(
-            url.set(drivername="postgresql").render_as_string(hide_password=False)
-        )
-    raise ValueError(f"no raw insert for {url.get_backend_name()}")
-
-
-def _sqlite_inserter(path: str) -> Insert:
-    task_sql = INSERT_TASK.format(p="?")
-    event_sql = EVENTS.format(p="?")
+    store = BareStore.of(database_url)
+    task_sql, event_sql = store.sql(INSERT_TASK), store.sql(EVENTS)
     local = threading.local()
-    write_turn = threading.Lock()
+    # SQLite: one writer at a time, handed over on a lock, as Switchyard's store does.
+    write_turn: AbstractContextManager[Any] = threading.Lock() if store.sqlite else nullcontext()
 
-    def connection() -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+    def connection() -> Any:
+        conn = getattr(local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-            for pragma in (  # execution.database._sqlite_pragmas
-                "journal_mode=WAL",
-                f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
-                "synchronous=NORMAL",
-                "foreign_keys=ON",
-            ):
-                conn.execute(f"PRAGMA {pragma}")
-            local.conn = conn
+            conn = local.conn = store.connect()
         return conn
 
     def insert(
         task_id: str, tool_id: str, priority: int, payload: Any, bucket: int, now: datetime
     ) -> None:
-        # SQLAlchemy's SQLite DATETIME text, so the rows read back as Switchyard's do.
-        at = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        at = store.stamp(now)  # on SQLite, the text SQLAlchemy stores: rows read back alike
         conn = connection()
         with write_turn:
             conn.execute(
-                task_sql, _params(task_id, tool_id, priority, json.dumps(payload), bucket, at)
+                task_sql, _params(task_id, tool_id, priority, store.json(payload), bucket, at)
             )
             conn.execute(event_sql, (task_id, at, task_id, at))
-            conn.commit()
-
-    return insert
-
-
-def _postgres_inserter(conninfo: str) -> Insert:
-    task_sql = INSERT_TASK.format(p="%s")
-    event_sql = EVENTS.format(p="%s")
-    local = threading.local()
-
-    def connection() -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] | None = getattr(local, "conn", None)
-        if conn is None:
-            conn = psycopg.connect(conninfo)
-            local.conn = conn
-        return conn
-
-    def insert(
-        task_id: str, tool_id: str, priority: int, payload: Any, bucket: int, now: datetime
-    ) -> None:
-        conn = connection()
-        with conn.cursor() as cursor:
-            cursor.execute(
-                task_sql, _params(task_id, tool_id, priority, Json(payload), bucket, now)
-            )
-            cursor.execute(event_sql, (task_id, now, task_id, now))
             conn.commit()
 
     return insert
@@ -195,7 +147,7 @@ def _postgres_inserter(conninfo: str) -> Insert:
 def _params(
     task_id: str, tool_id: str, priority: int, payload: Any, bucket: int, at: Any
 ) -> tuple[Any, ...]:
-    """The parameters of INSERT_TASK, in the order of its "{p}"s."""
+    """The parameters of INSERT_TASK, in the order of its "?"s."""
     return (task_id, tool_id, priority, payload, at, bucket, at, at, at)
 
 
