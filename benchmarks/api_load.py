@@ -20,8 +20,8 @@ from sqlalchemy import Engine, func, select
 from benchmarks.context import BenchContext, Sizes
 from benchmarks.load import CONNECTIONS, THREADS, LoadResult, post_for
 from benchmarks.rows import count_status
-from benchmarks.runner import Row, Variant, alternate, compared_row
-from benchmarks.services import Services, Store
+from benchmarks.runner import Row, Variant, alternate, compared_row, ratio_at_least
+from benchmarks.services import STORE_NAMES, Services, Store
 from execution.database import make_engine, upgrade
 from execution.records import TASKS
 from execution.status import TERMINAL_STATUSES, TaskStatus
@@ -29,7 +29,6 @@ from execution.status import TERMINAL_STATUSES, TaskStatus
 TARGET_RATIO = 0.5
 BODY = {"tool_id": "noop", "payload": {}}
 EXPECT = 201
-STORE_LABELS: dict[Store, str] = {"sqlite": "SQLite", "postgresql": "PostgreSQL 15"}
 TRIVIAL = "trivial FastAPI endpoint"
 RAW = "raw insert endpoint (1 hand-written transaction, same rows)"
 COMPLETION_TIMEOUT = 300.0
@@ -115,7 +114,7 @@ def _on_store(ctx: BenchContext, services: Services, store: Store) -> list[Row]:
 
     throughput = {name: figures[f"{name} {store}"] for name in sides}
     counted = {name: side.runs[-rounds:] for name, side in sides.items()}  # not the warm-up
-    label = STORE_LABELS[store]
+    label = STORE_NAMES[store]
     setup = f"wrk {THREADS} threads, {CONNECTIONS} connections, {seconds} s; 1 uvicorn worker"
     rows = [
         compared_row(
@@ -126,7 +125,7 @@ def _on_store(ctx: BenchContext, services: Services, store: Store) -> list[Row]:
             baseline_label=TRIVIAL,
             baseline=throughput["trivial"],
             target=f"≥ {TARGET_RATIO}x",
-            meets=lambda _, ratio: ratio.median >= TARGET_RATIO,
+            meets=ratio_at_least(TARGET_RATIO),
             notes=[_extra_per_request(throughput["ours"], throughput["trivial"]), ours_check],
         ),
         compared_row(

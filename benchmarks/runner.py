@@ -106,3 +106,8 @@ def compared_row(
         met=meets(ours_summary, ratio) if meets else None,
         notes=list(notes),
     )
+
+
+def ratio_at_least(target: float) -> Callable[[Summary, Summary], bool]:
+    """A row's `meets`: the median ratio reaches `target`."""
+    return lambda _ours, ratio: ratio.median >= target

@@ -35,6 +35,8 @@ from tests.integration.workers import REPO_ROOT, WorkerProcess, start_worker
 READY_TIMEOUT = 60.0
 Store = Literal["sqlite", "postgresql"]
 STORES: tuple[Store, ...] = ("sqlite", "postgresql")
+STORE_NAMES: dict[Store, str] = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+"""How the table names each store."""
 
 
 class ServiceFailed(RuntimeError):

@@ -22,7 +22,7 @@ from benchmarks.api_load import authorization_headers
 from benchmarks.context import BenchContext
 from benchmarks.load import post_mixed
 from benchmarks.runner import Row, Summary
-from benchmarks.services import Store
+from benchmarks.services import STORE_NAMES, Store
 from execution.database import make_engine, upgrade
 from execution.records import TASKS
 from execution.status import TERMINAL_STATUSES, TaskStatus
@@ -115,7 +115,7 @@ def _soak(ctx: BenchContext, store: Store) -> Row:
     return Row(
         part="7",
         what=f"Soak: {created:,} mixed tasks through the API, {ROLLOUT_PERCENTAGE} % on Celery "
-        f"(noop / sleep 10 ms / profile-csv; {'SQLite' if store == 'sqlite' else 'PostgreSQL'})",
+        f"(noop / sleep 10 ms / profile-csv; {STORE_NAMES[store]})",
         unit="tasks/s",
         ours=Summary.of([report.throughput]),
         target="every task completed once",

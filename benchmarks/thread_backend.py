@@ -25,8 +25,8 @@ from backends.base import TaskBackend
 from benchmarks.context import BenchContext, per_task_micros
 from benchmarks.handwritten_pool import HandWrittenPool
 from benchmarks.rows import count_status, require_status
-from benchmarks.runner import Row, Summary, Variant, alternate, compared_row
-from benchmarks.services import Store
+from benchmarks.runner import Row, Variant, alternate, compared_row, ratio_at_least
+from benchmarks.services import STORE_NAMES, Store
 from benchmarks.stdlib_pool import StdlibPool
 from dispatch.dispatcher import NewTask
 from execution import database
@@ -35,7 +35,6 @@ from execution.status import TaskStatus
 POOL_TARGET = 1.0
 FLOOR_TARGET = 0.5
 POLL_SECONDS = 0.001
-STORE_NAMES: dict[Store, str] = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 POOL_LABEL = "hand-written SQLAlchemy ThreadPoolExecutor, same writes"
 FLOOR_LABELS: dict[Store, str] = {
     "sqlite": "stdlib sqlite3 pool, same transactions",
@@ -84,7 +83,7 @@ def _on(ctx: BenchContext, store: Store) -> list[Row]:
             baseline_label=label,
             baseline=figures[baseline.variant.label],
             target=f"≥ {target}x",
-            meets=_at_least(target),
+            meets=ratio_at_least(target),
         )
         row.notes.extend(_notes(ctx, store, row, commits[0], baseline_commits))
         rows.append(row)
@@ -264,7 +263,3 @@ def _counted(measure: Callable[[], float], commits: Callable[[], int]) -> Callab
             commits.stop()
 
     return counted
-
-
-def _at_least(target: float) -> Callable[[Summary, Summary], bool]:
-    return lambda _ours, ratio: ratio.median >= target
