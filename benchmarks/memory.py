@@ -197,7 +197,7 @@ def _sample(ctx: BenchContext, worker: _Worker, tasks: int) -> dict[int, int]:
         worker.submit(target - done)
         done = target
         wait_drained(worker.broker, QUEUE)
-        samples[done] = _tree_rss(worker.process)
+        samples[done] = tree_rss(worker.process)
         samples[-done] = worker.process.memory_info().rss
         ctx.console.log(f"  {worker.label}: {done:,}/{tasks:,}, {samples[done] / MIB:.1f} MiB")
     worker.check(tasks)
@@ -208,5 +208,6 @@ def _warmup(tasks: int) -> int:
     return tasks // 10
 
 
-def _tree_rss(process: psutil.Process) -> int:
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of `process` and all its descendants (a worker and its children)."""
     return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])

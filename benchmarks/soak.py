@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, select
 from benchmarks.api_load import authorization_headers
 from benchmarks.context import BenchContext
 from benchmarks.load import post_mixed
+from benchmarks.memory import MIB, tree_rss
 from benchmarks.runner import Row, Summary
 from benchmarks.services import STORE_NAMES, Store
 from execution.database import make_engine, upgrade
@@ -38,7 +39,6 @@ MIX: tuple[dict[str, object], ...] = (
 MIN_DRAIN_SECONDS = 120.0
 """How long the tasks may take to finish after the last submit, at the least."""
 POLL_SECONDS = 0.5
-MIB = 1024 * 1024
 
 
 def run(ctx: BenchContext) -> list[Row]:
@@ -89,7 +89,7 @@ def _soak(ctx: BenchContext, store: Store) -> Row:
         pool="prefork",
     )
     api, celery = psutil.Process(services.server_pid(name)), psutil.Process(worker.process.pid)
-    rss_start = _tree_rss(api), _tree_rss(celery)
+    rss_start = tree_rss(api), tree_rss(celery)
 
     ctx.console.log(f"  soak on {store}: {tasks:,} tasks, {ROLLOUT_PERCENTAGE} % to Celery")
     load = post_mixed(
@@ -105,7 +105,7 @@ def _soak(ctx: BenchContext, store: Store) -> Row:
     engine = make_engine(database_url)
     try:
         created = _wait_finished(ctx, engine, drain=max(MIN_DRAIN_SECONDS, load.seconds * 10))
-        rss_end = _tree_rss(api), _tree_rss(celery)
+        rss_end = tree_rss(api), tree_rss(celery)
         report = _report(engine)
     finally:
         engine.dispose()
@@ -196,7 +196,3 @@ def _report(engine: Engine) -> _Report:
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(0.99 * len(ordered)) - 1))]
-
-
-def _tree_rss(process: psutil.Process) -> int:
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
