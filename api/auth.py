@@ -122,7 +122,7 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
 """The OpenAPI declaration of what `authenticate` answers, for every route that needs a key."""
 
 
-def require_operator(request: Request, caller: CallerDep) -> Caller:
+async def require_operator(request: Request, caller: CallerDep) -> Caller:
     """The caller if it holds an operator key; 403 (logged) otherwise."""
     if not caller.is_operator:
         log_denied(request, caller, status_code=403, reason="operator role required")

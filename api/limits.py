@@ -86,7 +86,7 @@ def install_request_limits(app: FastAPI, *, max_bytes: int, cors_origins: Sequen
         )
 
 
-def reject_undeclared_query(request: Request) -> None:
+async def reject_undeclared_query(request: Request) -> None:
     """422 for a query parameter the route does not take: `?stauts=FAILED` must not list all."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):

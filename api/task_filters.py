@@ -27,7 +27,7 @@ def _iso_8601_only(value: object) -> object:
 IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601_only)]
 
 
-def task_filter(
+async def task_filter(
     request: Request,
     caller: CallerDep,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
