@@ -71,6 +71,10 @@ def configure_logging(
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # No line shows where it was logged from (file, function, line number), so no record
+    # looks it up: the logging HOWTO's own switch ("Optimization"), a stack walk saved on
+    # every line: 3.5 of the 25 µs the line each task logs cost.
+    logging._srcfile = None
     root.setLevel(level)
     # Python warnings (a library's deprecation, Celery's superuser warning) are log lines too,
     # not raw text between them.

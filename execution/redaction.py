@@ -28,8 +28,13 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Mask the credentials of every URL and the secret of every API key in free text."""
-    text = _URL_IN_TEXT.sub(
-        lambda m: f"{m.group(1)}***@" if not m.group(3) else f"{m.group(1)}{m.group(2)}:***@", text
-    )
-    return _API_KEY_IN_TEXT.sub(r"\1***", text)
+    """Mask the credentials of every URL and the secret of every API key in free text.
+
+    Every log line passes here: a text without `://` or `sy_`, which each pattern needs, is
+    returned after a substring search, several times cheaper than the patterns' scan."""
+    if "://" in text:
+        text = _URL_IN_TEXT.sub(
+            lambda m: f"{m.group(1)}***@" if not m.group(3) else f"{m.group(1)}{m.group(2)}:***@",
+            text,
+        )
+    return _API_KEY_IN_TEXT.sub(r"\1***", text) if "sy_" in text else text
