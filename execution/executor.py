@@ -284,7 +284,7 @@ class TaskExecutor:
             )
         if (unstorable := unstorable_result(result)) is not None:
             return self._fail(run, unstorable, bound)
-        if self.store.complete(run.task.task_id, attempt=run.attempt, result=result) is None:
+        if not self.store.complete(run.task.task_id, attempt=run.attempt, result=result):
             bound.warning("task.complete_skipped", reason="the attempt no longer holds the task")
             return RunOutcome.ABANDONED
         for hook in self.hooks:

@@ -26,7 +26,7 @@ from sqlalchemy import (
 from execution.batch_store import BatchStore
 from execution.models import UTCDateTime, utcnow
 from execution.prepared import PreparedStatements
-from execution.records import TASKS, TaskEvent, TaskRecord
+from execution.records import TASK_COLUMNS, TASKS, TaskEvent, TaskRecord
 from execution.status import TERMINAL_STATUSES, TaskStatus
 from execution.task_statements import (
     ADD_ONE,
@@ -41,6 +41,8 @@ from execution.task_statements import (
     update_statement,
 )
 
+_PROGRESS_ONLY = ("progress",)
+"""What a transition returns when its caller needs no record: its event's progress."""
 _NO_LEASE = {"lease_owner": None, "lease_expires_at": None}
 _NO_ERROR = {"error_code": None, "error_message": None}
 
@@ -260,9 +262,11 @@ class TaskStore:
             values={"progress": progress},
         )
 
-    def complete(self, task_id: str, *, attempt: int, result: Any) -> TaskRecord | None:
-        """PROCESSING -> COMPLETED with the tool's result, if `attempt` is still the running one."""
-        return self._transition(
+    def complete(self, task_id: str, *, attempt: int, result: Any) -> bool:
+        """PROCESSING -> COMPLETED with the tool's result, if `attempt` is still the running one
+        (whether it was). Every task's last write: it returns a yes or no, not the row, which
+        would cost reading back and converting its 29 columns."""
+        row = self._transition_row(
             task_id,
             Guard.ATTEMPT,
             attempt=attempt,
@@ -270,7 +274,9 @@ class TaskStore:
             message="completed",
             values={"result": result, "progress": 100, **_NO_ERROR, **_NO_LEASE},
             stamp="completed_at",
+            returning=_PROGRESS_ONLY,
         )
+        return row is not None
 
     def fail(
         self, task_id: str, *, attempt: int, error_code: str, error_message: str
@@ -820,6 +826,40 @@ class TaskStore:
         now: datetime | None = None,
         record_event: bool = True,
     ) -> TaskRecord | None:
+        """The task after the transition, or None if the guard refused it."""
+        row = self._transition_row(
+            task_id,
+            guard,
+            to_status=to_status,
+            message=message,
+            values=values,
+            stamp=stamp,
+            attempt=attempt,
+            backend=backend,
+            dispatched_at=dispatched_at,
+            now=now,
+            record_event=record_event,
+        )
+        return TaskRecord.from_row(row) if row is not None else None
+
+    def _transition_row(
+        self,
+        task_id: str,
+        guard: Guard,
+        *,
+        to_status: TaskStatus,
+        message: str | None,
+        values: Mapping[str, Any],
+        stamp: str | None = None,
+        attempt: int | None = None,
+        backend: str | None = None,
+        dispatched_at: datetime | None = None,
+        now: datetime | None = None,
+        record_event: bool = True,
+        returning: tuple[str, ...] = TASK_COLUMNS,
+    ) -> dict[str, Any] | None:
+        """The `returning` columns of the task after the transition (it needs `progress`, for
+        the event), or None if the guard refused it."""
         # The UPDATE comes first so the transaction takes the write lock at once (SQLite) or
         # locks the row (PostgreSQL): concurrent transitions of one task queue up, and the
         # event's seq is computed after the lock, so it cannot collide.
@@ -835,7 +875,7 @@ class TaskStore:
             )
         )
         set_columns = tuple(sorted(name for name in changes if name not in dict(computed)))
-        statement = update_statement(guard, set_columns, computed)
+        statement = update_statement(guard, set_columns, computed, returning)
         params = {f"set_{name}": changes[name] for name in set_columns}
         params.update(
             where_task_id=task_id,
@@ -850,19 +890,18 @@ class TaskStore:
             row = prepared.fetch_one(cursor)
             if row is None:
                 return None
-            record = TaskRecord.from_row(row)
             if record_event:
                 self._prepared[INSERT_EVENT].execute(
                     cursor,
                     {
                         "task_id": task_id,
                         "status": to_status,
-                        "progress": record.progress,
+                        "progress": row["progress"],
                         "message": message,
                         "at": now,
                     },
                 )
-        return record
+        return row
 
     def _exists(self, query: Select[Any]) -> bool:
         with self.engine.connect() as conn:

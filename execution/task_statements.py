@@ -138,8 +138,10 @@ def update_statement(
     guard: Guard,
     set_columns: tuple[str, ...],
     computed: tuple[tuple[str, AddOne | CopyOf], ...],
+    returning: tuple[str, ...] = TASK_COLUMNS,
 ) -> Update:
-    """UPDATE tasks SET <column> = :set_<column> ... WHERE the guard holds, RETURNING the row."""
+    """UPDATE tasks SET <column> = :set_<column> ... WHERE the guard holds, RETURNING the row
+    (or only the columns `returning` names, when the caller needs no record)."""
     values: dict[str, Any] = binds(TASKS, set_columns, prefix="set_")
     for name, how in computed:
         values[name] = TASKS.c[name] + 1 if isinstance(how, AddOne) else TASKS.c[how.column]
@@ -147,5 +149,5 @@ def update_statement(
         update(TASKS)
         .where(TASKS.c.task_id == bindparam("where_task_id"), guard_clause(guard))
         .values(values)
-        .returning(*TASKS.c)
+        .returning(*(TASKS.c[name] for name in returning))
     )

@@ -58,7 +58,7 @@ def test_stats_count_tasks_and_show_the_pool_and_a_broker_that_is_down(
     queued_task(store, tool_id="echo", backend="celery")
     ended = queued_task(store, tool_id="noop", backend="celery")
     assert claim(store, ended.task_id) is not None
-    assert store.complete(ended.task_id, attempt=1, result={}) is not None
+    assert store.complete(ended.task_id, attempt=1, result={})
 
     stats = queue_stats(
         _check(store, {"thread": pool, "celery": dead_broker}), store, paused={"report", "echo"}

@@ -34,7 +34,8 @@ def ended(store: TaskStore, status: TaskStatus) -> TaskRecord:
     else:
         assert claim(store, record.task_id) is not None
         if status is TaskStatus.COMPLETED:
-            moved = store.complete(record.task_id, attempt=1, result={})
+            assert store.complete(record.task_id, attempt=1, result={})
+            moved = store.get(record.task_id)
         elif status is TaskStatus.FAILED:
             moved = store.fail(record.task_id, attempt=1, error_code="E", error_message="m")
         else:

@@ -103,12 +103,13 @@ def test_a_stale_attempt_can_never_overwrite_the_newer_one(store: TaskStore) -> 
     history = store.events(task_id)
 
     assert store.record_progress(task_id, attempt=1, progress=50, message="late") is None
-    assert store.complete(task_id, attempt=1, result={"stale": True}) is None
+    assert not store.complete(task_id, attempt=1, result={"stale": True})
     assert store.fail(task_id, attempt=1, error_code="E", error_message="stale") is None
     assert store.renew_lease(task_id, attempt=1, lease_seconds=30) is None
     assert store.events(task_id) == history
 
-    done = store.complete(task_id, attempt=2, result={"fresh": True})
+    assert store.complete(task_id, attempt=2, result={"fresh": True})
+    done = store.get(task_id)
     assert done is not None
     assert (done.status, done.result, done.lease_owner, done.lease_expires_at) == (
         TaskStatus.COMPLETED,

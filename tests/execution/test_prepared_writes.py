@@ -30,7 +30,8 @@ def test_what_a_write_returns_is_what_the_core_path_reads_back(
     assert claimed is not None
     assert _stored(engine, created.task_id) == claimed
 
-    done = store.complete(created.task_id, attempt=1, result={"ok": "é ✓", "n": 10**12})
+    assert store.complete(created.task_id, attempt=1, result={"ok": "é ✓", "n": 10**12})
+    done = store.get(created.task_id)
     assert done is not None
     assert done.status is TaskStatus.COMPLETED
     assert _stored(engine, created.task_id) == done

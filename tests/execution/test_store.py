@@ -28,7 +28,8 @@ def _in_status(store: TaskStore, status: TaskStatus) -> TaskRecord:
     else:
         assert claim(store, record.task_id) is not None
         if status is TaskStatus.COMPLETED:
-            moved = store.complete(record.task_id, attempt=1, result={"ok": True})
+            assert store.complete(record.task_id, attempt=1, result={"ok": True})
+            moved = store.get(record.task_id)
         else:
             moved = store.fail(record.task_id, attempt=1, error_code="E", error_message="m")
     assert moved is not None
@@ -74,7 +75,9 @@ def test_every_transition_writes_the_row_and_exactly_one_event(store: TaskStore)
     steps: list[Callable[[], TaskRecord | None]] = [
         lambda: claim(store, task_id),
         report_progress,
-        lambda: store.complete(task_id, attempt=1, result={"rows": 3}),
+        lambda: (
+            store.get(task_id) if store.complete(task_id, attempt=1, result={"rows": 3}) else None
+        ),
     ]
 
     for step in steps:
@@ -132,7 +135,7 @@ Transition = Callable[[TaskStore, str], object]
 TRANSITIONS: dict[str, Transition] = {
     "claim": lambda s, t: claim(s, t),
     "record_progress": lambda s, t: s.record_progress(t, attempt=1, progress=50, message="half"),
-    "complete": lambda s, t: s.complete(t, attempt=1, result={}),
+    "complete": lambda s, t: s.get(t) if s.complete(t, attempt=1, result={}) else None,
     "fail": lambda s, t: s.fail(t, attempt=1, error_code="E", error_message="m"),
     "cancel": lambda s, t: s.cancel(t, reason="no"),
 }

@@ -65,7 +65,11 @@ def finish(
             task.task_id, attempt=attempt.attempts, error_code="TOOL_ERROR", error_message="boom"
         )
     else:
-        ended = store.complete(task.task_id, attempt=attempt.attempts, result={})
+        ended = (
+            store.get(task.task_id)
+            if store.complete(task.task_id, attempt=attempt.attempts, result={})
+            else None
+        )
     assert ended is not None
 
 
