@@ -217,22 +217,24 @@ class TaskStore:
         With `backend`, only a task recorded for that backend. None if it is not claimable
         (another copy has it, it ended, it moved to another backend, or it does not exist)."""
         now = utcnow()
-        return self._transition(
-            task_id,
-            Guard.CLAIMABLE if backend is None else Guard.CLAIMABLE_ON,
-            backend=backend,
-            to_status=TaskStatus.PROCESSING,
-            message="started",
-            values={
-                "attempts": ADD_ONE,
-                "progress": 0,
-                "lease_owner": owner,
-                "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                "run_after": None,
-                "dispatched_at": now,  # taken: whatever handed it over, it arrived
-            },
-            stamp="processing_started_at",
-            now=now,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.CLAIMABLE if backend is None else Guard.CLAIMABLE_ON,
+                backend=backend,
+                to_status=TaskStatus.PROCESSING,
+                message="started",
+                values={
+                    "attempts": ADD_ONE,
+                    "progress": 0,
+                    "lease_owner": owner,
+                    "lease_expires_at": now + timedelta(seconds=lease_seconds),
+                    "run_after": None,
+                    "dispatched_at": now,  # taken: whatever handed it over, it arrived
+                },
+                stamp="processing_started_at",
+                now=now,
+            )
         )
 
     def renew_lease(self, task_id: str, *, attempt: int, lease_seconds: float) -> TaskRecord | None:
@@ -253,20 +255,22 @@ class TaskStore:
     ) -> TaskRecord | None:
         """Write a progress step of a running attempt; None if that attempt is no longer the
         task's running one."""
-        return self._transition(
-            task_id,
-            Guard.ATTEMPT,
-            attempt=attempt,
-            to_status=TaskStatus.PROCESSING,
-            message=message,
-            values={"progress": progress},
+        return _record(
+            self._transition(
+                task_id,
+                Guard.ATTEMPT,
+                attempt=attempt,
+                to_status=TaskStatus.PROCESSING,
+                message=message,
+                values={"progress": progress},
+            )
         )
 
     def complete(self, task_id: str, *, attempt: int, result: Any) -> bool:
         """PROCESSING -> COMPLETED with the tool's result, if `attempt` is still the running one
         (whether it was). Every task's last write: it returns a yes or no, not the row, which
         would cost reading back and converting its 29 columns."""
-        row = self._transition_row(
+        row = self._transition(
             task_id,
             Guard.ATTEMPT,
             attempt=attempt,
@@ -282,14 +286,16 @@ class TaskStore:
         self, task_id: str, *, attempt: int, error_code: str, error_message: str
     ) -> TaskRecord | None:
         """PROCESSING -> FAILED with the reason, if `attempt` is still the running one."""
-        return self._transition(
-            task_id,
-            Guard.ATTEMPT,
-            attempt=attempt,
-            to_status=TaskStatus.FAILED,
-            message="failed",
-            values={"error_code": error_code, "error_message": error_message, **_NO_LEASE},
-            stamp="failed_at",
+        return _record(
+            self._transition(
+                task_id,
+                Guard.ATTEMPT,
+                attempt=attempt,
+                to_status=TaskStatus.FAILED,
+                message="failed",
+                values={"error_code": error_code, "error_message": error_message, **_NO_LEASE},
+                stamp="failed_at",
+            )
         )
 
     def retry_later(
@@ -306,55 +312,63 @@ class TaskStore:
         seconds (`run_after`) and is then handed to its backend again. The failure stays
         visible until an attempt ends."""
         now = utcnow()
-        return self._transition(
-            task_id,
-            Guard.ATTEMPT,
-            attempt=attempt,
-            to_status=TaskStatus.QUEUED,
-            message=message,
-            values={
-                "error_code": error_code,
-                "error_message": error_message,
-                "run_after": now + timedelta(seconds=delay),
-                "dispatched_at": None,
-                **_NO_LEASE,
-            },
-            now=now,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.ATTEMPT,
+                attempt=attempt,
+                to_status=TaskStatus.QUEUED,
+                message=message,
+                values={
+                    "error_code": error_code,
+                    "error_message": error_message,
+                    "run_after": now + timedelta(seconds=delay),
+                    "dispatched_at": None,
+                    **_NO_LEASE,
+                },
+                now=now,
+            )
         )
 
     def cancel_running(self, task_id: str, *, attempt: int, reason: str) -> TaskRecord | None:
         """PROCESSING -> CANCELLED: a running attempt stopped on request."""
-        return self._transition(
-            task_id,
-            Guard.ATTEMPT,
-            attempt=attempt,
-            to_status=TaskStatus.CANCELLED,
-            message=reason,
-            values=_NO_LEASE,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.ATTEMPT,
+                attempt=attempt,
+                to_status=TaskStatus.CANCELLED,
+                message=reason,
+                values=_NO_LEASE,
+            )
         )
 
     def request_cancel(self, task_id: str, *, reason: str) -> TaskRecord | None:
         """Ask a running task to stop (it stays PROCESSING until its attempt notices)."""
         now = utcnow()
-        return self._transition(
-            task_id,
-            Guard.RUNNING,
-            to_status=TaskStatus.PROCESSING,
-            message=reason,
-            values={"cancel_requested_at": now},
-            now=now,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.RUNNING,
+                to_status=TaskStatus.PROCESSING,
+                message=reason,
+                values={"cancel_requested_at": now},
+                now=now,
+            )
         )
 
     def expire_lease(self, task_id: str, *, attempt: int) -> TaskRecord | None:
         """Give up a running attempt at once (this process is stopping without it): the
         recovery sweep treats it like any lost attempt, without waiting for the lease."""
-        return self._transition(
-            task_id,
-            Guard.ATTEMPT,
-            attempt=attempt,
-            to_status=TaskStatus.PROCESSING,
-            message="released: the process running it is stopping",
-            values={"lease_expires_at": utcnow() - timedelta(seconds=1)},
+        return _record(
+            self._transition(
+                task_id,
+                Guard.ATTEMPT,
+                attempt=attempt,
+                to_status=TaskStatus.PROCESSING,
+                message="released: the process running it is stopping",
+                values={"lease_expires_at": utcnow() - timedelta(seconds=1)},
+            )
         )
 
     def requeue_lost(
@@ -368,20 +382,22 @@ class TaskStore:
     ) -> TaskRecord | None:
         """A lost attempt (lease expired) with attempts left: QUEUED again on `backend`."""
         now = utcnow()
-        return self._transition(
-            task_id,
-            Guard.LOST,
-            attempt=attempt,
-            to_status=TaskStatus.QUEUED,
-            message=reason,
-            values={
-                "backend": backend,
-                "celery_task_id": celery_task_id,
-                "dispatched_at": now,
-                "progress": 0,
-                **_NO_LEASE,
-            },
-            now=now,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.LOST,
+                attempt=attempt,
+                to_status=TaskStatus.QUEUED,
+                message=reason,
+                values={
+                    "backend": backend,
+                    "celery_task_id": celery_task_id,
+                    "dispatched_at": now,
+                    "progress": 0,
+                    **_NO_LEASE,
+                },
+                now=now,
+            )
         )
 
     def end_lost(
@@ -391,19 +407,21 @@ class TaskStore:
         (a cancel was requested)."""
         now = utcnow()
         failed = status is TaskStatus.FAILED
-        return self._transition(
-            task_id,
-            Guard.LOST,
-            attempt=attempt,
-            to_status=status,
-            message="failed" if failed else reason,
-            values={
-                "error_code": error_code,
-                "error_message": reason if failed else None,
-                **_NO_LEASE,
-            },
-            stamp="failed_at" if failed else None,
-            now=now,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.LOST,
+                attempt=attempt,
+                to_status=status,
+                message="failed" if failed else reason,
+                values={
+                    "error_code": error_code,
+                    "error_message": reason if failed else None,
+                    **_NO_LEASE,
+                },
+                stamp="failed_at" if failed else None,
+                now=now,
+            )
         )
 
     def retry_finished(
@@ -412,57 +430,63 @@ class TaskStore:
         """FAILED/CANCELLED -> QUEUED on `backend`: a manual retry, with the tool's retry policy
         counting afresh. Two concurrent retries make one new attempt."""
         now = utcnow()
-        return self._transition(
-            task_id,
-            Guard.FINISHED,
-            to_status=TaskStatus.QUEUED,
-            message=reason,
-            values={
-                "attempts_before_retry": CopyOf("attempts"),
-                "backend": backend,
-                "celery_task_id": celery_task_id,
-                "progress": 0,
-                "result": None,
-                "run_after": None,
-                "dispatched_at": now,
-                "cancel_requested_at": None,
-                "processing_started_at": None,
-                "completed_at": None,
-                "failed_at": None,
-                **_NO_ERROR,
-                **_NO_LEASE,
-            },
-            stamp="queued_at",
-            now=now,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.FINISHED,
+                to_status=TaskStatus.QUEUED,
+                message=reason,
+                values={
+                    "attempts_before_retry": CopyOf("attempts"),
+                    "backend": backend,
+                    "celery_task_id": celery_task_id,
+                    "progress": 0,
+                    "result": None,
+                    "run_after": None,
+                    "dispatched_at": now,
+                    "cancel_requested_at": None,
+                    "processing_started_at": None,
+                    "completed_at": None,
+                    "failed_at": None,
+                    **_NO_ERROR,
+                    **_NO_LEASE,
+                },
+                stamp="queued_at",
+                now=now,
+            )
         )
 
     def cancel(
         self, task_id: str, *, reason: str, error_code: str | None = None
     ) -> TaskRecord | None:
         """QUEUED -> CANCELLED; a task already running is not touched."""
-        return self._transition(
-            task_id,
-            Guard.QUEUED,
-            to_status=TaskStatus.CANCELLED,
-            message=reason,
-            values={
-                "error_code": error_code,
-                "error_message": reason if error_code else None,
-                "run_after": None,
-            },
+        return _record(
+            self._transition(
+                task_id,
+                Guard.QUEUED,
+                to_status=TaskStatus.CANCELLED,
+                message=reason,
+                values={
+                    "error_code": error_code,
+                    "error_message": reason if error_code else None,
+                    "run_after": None,
+                },
+            )
         )
 
     def move_backend(
         self, task_id: str, *, from_backend: str, to_backend: str, reason: str
     ) -> TaskRecord | None:
         """Re-route a QUEUED task (e.g. Celery switched off for it); the move is an event."""
-        return self._transition(
-            task_id,
-            Guard.QUEUED_ON,
-            backend=from_backend,
-            to_status=TaskStatus.QUEUED,
-            message=_moved(from_backend, to_backend, reason),
-            values={"backend": to_backend},
+        return _record(
+            self._transition(
+                task_id,
+                Guard.QUEUED_ON,
+                backend=from_backend,
+                to_status=TaskStatus.QUEUED,
+                message=_moved(from_backend, to_backend, reason),
+                values={"backend": to_backend},
+            )
         )
 
     def move_queued(
@@ -551,28 +575,32 @@ class TaskStore:
         """Take the turn to hand a waiting task over again; None if another process took it
         (the row changed since it was read)."""
         now = utcnow()
-        return self._transition(
-            task_id,
-            Guard.UNDISPATCHED,
-            backend=backend,
-            dispatched_at=last_dispatched_at,
-            to_status=TaskStatus.QUEUED,
-            message=reason,
-            values={"dispatched_at": now, "celery_task_id": celery_task_id},
-            now=now,
-            # A first handover (a due retry) is no news, and threads write none for it; a
-            # publish of a task the broker may have lost is.
-            record_event=last_dispatched_at is not None,
+        return _record(
+            self._transition(
+                task_id,
+                Guard.UNDISPATCHED,
+                backend=backend,
+                dispatched_at=last_dispatched_at,
+                to_status=TaskStatus.QUEUED,
+                message=reason,
+                values={"dispatched_at": now, "celery_task_id": celery_task_id},
+                now=now,
+                # A first handover (a due retry) is no news, and threads write none for it; a
+                # publish of a task the broker may have lost is.
+                record_event=last_dispatched_at is not None,
+            )
         )
 
     def mark_undispatched(self, task_id: str, *, reason: str) -> TaskRecord | None:
         """A handover failed (the broker is down): the task waits QUEUED for the next one."""
-        return self._transition(
-            task_id,
-            Guard.QUEUED,
-            to_status=TaskStatus.QUEUED,
-            message=reason,
-            values={"dispatched_at": None},
+        return _record(
+            self._transition(
+                task_id,
+                Guard.QUEUED,
+                to_status=TaskStatus.QUEUED,
+                message=reason,
+                values={"dispatched_at": None},
+            )
         )
 
     # -- reads ---------------------------------------------------------------------------------
@@ -825,37 +853,6 @@ class TaskStore:
         dispatched_at: datetime | None = None,
         now: datetime | None = None,
         record_event: bool = True,
-    ) -> TaskRecord | None:
-        """The task after the transition, or None if the guard refused it."""
-        row = self._transition_row(
-            task_id,
-            guard,
-            to_status=to_status,
-            message=message,
-            values=values,
-            stamp=stamp,
-            attempt=attempt,
-            backend=backend,
-            dispatched_at=dispatched_at,
-            now=now,
-            record_event=record_event,
-        )
-        return TaskRecord.from_row(row) if row is not None else None
-
-    def _transition_row(
-        self,
-        task_id: str,
-        guard: Guard,
-        *,
-        to_status: TaskStatus,
-        message: str | None,
-        values: Mapping[str, Any],
-        stamp: str | None = None,
-        attempt: int | None = None,
-        backend: str | None = None,
-        dispatched_at: datetime | None = None,
-        now: datetime | None = None,
-        record_event: bool = True,
         returning: tuple[str, ...] = TASK_COLUMNS,
     ) -> dict[str, Any] | None:
         """The `returning` columns of the task after the transition (it needs `progress`, for
@@ -926,6 +923,11 @@ class TaskStore:
                 "at": at,
             },
         )
+
+
+def _record(row: dict[str, Any] | None) -> TaskRecord | None:
+    """The task a transition returned in full, or None if its guard refused it."""
+    return TaskRecord.from_row(row) if row is not None else None
 
 
 def _finished_before(moment: datetime) -> ColumnElement[bool]:
