@@ -13,15 +13,22 @@ A round ends when the broker holds nothing for the setup: no message waiting and
 unacknowledged (every setup acknowledges late, so an acknowledged message is a finished task).
 Every round then checks the rows: each task COMPLETED (Switchyard, durable) or stored as a
 SUCCESS result (database result backend).
+
+Each round also counts the CPU time per task of each process (3d): the publisher (this process,
+while it publishes), the worker's main process (consumer, timers, events) and its prefork
+children (the task itself), so the table shows where Switchyard's extra cost per task sits.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
 
+import psutil
 import redis
 from sqlalchemy import Engine, text
 
@@ -31,7 +38,7 @@ from benchmarks.context import BenchContext, per_task_micros
 from benchmarks.durable_celery_app import DATABASE_ENV, Publisher
 from benchmarks.plain_celery_app import NOOP, QUEUE, make_app
 from benchmarks.rows import require_status
-from benchmarks.runner import Row, Variant, alternate, compared_row, ratio_at_least
+from benchmarks.runner import Row, Summary, Variant, alternate, compared_row, ratio_at_least
 from benchmarks.services import STORE_NAMES, Services, Store
 from dispatch.dispatcher import NewTask
 from execution.database import make_engine, upgrade
@@ -45,6 +52,53 @@ CONCURRENCY = 2
 POOL = "prefork"
 POLL_SECONDS = 0.002
 PRIORITY_SEPARATOR = "\x06\x16"  # kombu's Redis transport: "<queue>\x06\x16<step>" per priority
+PLAIN = "plain Celery, no result backend"
+PROCESSES = ("publisher", "worker main process", "worker children")
+"""Where 3d splits the CPU time of a task."""
+
+
+@dataclass
+class CpuPerTask:
+    """CPU time per task (µs) of each of PROCESSES, per round (the warm-up first)."""
+
+    worker: psutil.Process
+    runs: list[tuple[float, ...]] = field(default_factory=list)
+
+    def round(self, tasks: int, publish: Callable[[], None], drain: Callable[[], float]) -> float:
+        """Publish `tasks` and wait until they are done (`drain`, which returns when), counting
+        each process's CPU time. The publisher counts while it publishes only: polling for
+        the end would charge a slower setup more."""
+        worker_before = self._worker()
+        publisher_before = time.process_time()
+        publish()
+        publisher = time.process_time() - publisher_before
+        finished = drain()
+        worker_after = self._worker()
+        spent = (publisher, *(b - a for a, b in zip(worker_before, worker_after, strict=True)))
+        self.runs.append(tuple(1e6 * seconds / tasks for seconds in spent))
+        return finished
+
+    def of(self, process: int, rounds: int) -> list[float]:
+        """µs per task of PROCESSES[process] over the counted rounds."""
+        return [run[process] for run in self.runs[-rounds:]]
+
+    def _worker(self) -> tuple[float, float]:
+        """CPU seconds of the worker's main process, and of its children (ended ones too)."""
+        main = self.worker.cpu_times()
+        children = main.children_user + main.children_system
+        for child in self.worker.children(recursive=True):
+            with suppress(psutil.NoSuchProcess):  # ended since the listing: counted above next
+                times = child.cpu_times()
+                children += times.user + times.system
+        return main.user + main.system, children
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """One setup's rounds, and the CPU they cost."""
+
+    variant: Variant
+    cpu: CpuPerTask
 
 
 def run(ctx: BenchContext) -> list[Row]:
@@ -59,9 +113,60 @@ def run(ctx: BenchContext) -> list[Row]:
             tracked = _plain(ctx, services, stack, store, tracked=True)
             durable = _durable(ctx, services, stack, store)
             figures = alternate(
-                [ours, plain, tracked, durable], rounds=ctx.sizes.rounds, console=ctx.console
+                [setup.variant for setup in (ours, plain, tracked, durable)],
+                rounds=ctx.sizes.rounds,
+                console=ctx.console,
             )
-        rows += _rows(ctx, store, figures, ours.label, plain.label, tracked.label, durable.label)
+        rows += _rows(
+            ctx,
+            store,
+            figures,
+            ours.variant.label,
+            plain.variant.label,
+            tracked.variant.label,
+            durable.variant.label,
+        )
+        rows += _cpu_rows(ctx, store, ours.cpu, plain.cpu, durable.cpu)
+    return rows
+
+
+def _cpu_rows(
+    ctx: BenchContext, store: Store, ours: CpuPerTask, plain: CpuPerTask, durable: CpuPerTask
+) -> list[Row]:
+    rounds, rows = ctx.sizes.rounds, []
+    for index, process in enumerate(PROCESSES):
+        what = f"CPU per Celery task: {process} ({STORE_NAMES[store]})"
+        mine, baseline = ours.of(index, rounds), plain.of(index, rounds)
+        notes = [f"durable Celery by hand: {statistics.median(durable.of(index, rounds)):,.0f} µs"]
+        if min(baseline) > 0:
+            rows.append(
+                compared_row(
+                    part="3d",
+                    what=what,
+                    unit="µs",
+                    ours=mine,
+                    baseline_label=PLAIN,
+                    baseline=baseline,
+                    target="reported",
+                    notes=notes,
+                )
+            )
+            continue
+        # The kernel counts a process's CPU time in clock ticks (10 ms): a few tasks (--quick)
+        # may spend less than one, which leaves no ratio to take.
+        notes.append("no ratio: plain Celery's time is below one clock tick at this size")
+        rows.append(
+            Row(
+                part="3d",
+                what=what,
+                unit="µs",
+                ours=Summary.of(mine),
+                baseline_label=PLAIN,
+                baseline=Summary.of(baseline),
+                target="reported",
+                notes=notes,
+            )
+        )
     return rows
 
 
@@ -90,7 +195,7 @@ def _rows(
             meets=ratio_at_least(target) if target else None,
         )
         for part, label, baseline, target in (
-            ("3a", "plain Celery, no result backend", plain, TARGET_RATIO),
+            ("3a", PLAIN, plain, TARGET_RATIO),
             (
                 "3b",
                 "plain Celery + database result backend, track_started",
@@ -110,7 +215,7 @@ def _rows(
     return rows
 
 
-def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> Variant:
+def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> _Setup:
     broker = services.redis_url()
     database_url = services.database_url(store, "celery_switchyard")
     settings = Settings(
@@ -127,7 +232,7 @@ def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: 
     runtime.prepare_database()
     runtime.start()
     stack.callback(runtime.stop)
-    services.switchyard_worker(
+    worker = services.switchyard_worker(
         env={"DATABASE_URL": database_url, "REDIS_URL": broker, "LOG_LEVEL": "INFO"},
         broker_url=broker,
         name=f"celery-switchyard-{store}",
@@ -136,13 +241,16 @@ def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: 
     )
     client = _client(broker, stack)
     tasks, completed = ctx.sizes.celery_tasks, 0
+    cpu = CpuPerTask(psutil.Process(worker.process.pid))
+
+    def publish() -> None:
+        for _ in range(tasks):
+            runtime.dispatcher.submit(NewTask(tool_id="noop", payload={}, user_id="bench"))
 
     def measure() -> float:
         nonlocal completed
         started = time.perf_counter()
-        for _ in range(tasks):
-            runtime.dispatcher.submit(NewTask(tool_id="noop", payload={}, user_id="bench"))
-        elapsed = wait_drained(client, QUEUE) - started
+        elapsed = cpu.round(tasks, publish, lambda: wait_drained(client, QUEUE)) - started
         completed += tasks
         require_status(
             runtime.engine,
@@ -153,12 +261,12 @@ def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: 
         )
         return tasks / elapsed
 
-    return Variant(f"switchyard celery backend ({store})", measure)
+    return _Setup(Variant(f"switchyard celery backend ({store})", measure), cpu)
 
 
 def _plain(
     ctx: BenchContext, services: Services, stack: ExitStack, store: Store, *, tracked: bool
-) -> Variant:
+) -> _Setup:
     broker = services.redis_url()
     name = f"celery-tracked-{store}" if tracked else f"celery-plain-{store}"
     results: Engine | None = None
@@ -170,7 +278,7 @@ def _plain(
         result_backend = f"db+{database_url}"
         results = make_engine(database_url)
         stack.callback(results.dispose)
-    services.celery_worker(
+    worker = services.celery_worker(
         app=f"benchmarks.plain_celery_app:{'tracked_app' if tracked else 'app'}",
         broker_url=broker,
         name=name,
@@ -182,23 +290,26 @@ def _plain(
     stack.callback(publisher.close)
     client = _client(broker, stack)
     tasks, completed = ctx.sizes.celery_tasks, 0
+    cpu = CpuPerTask(psutil.Process(worker.process.pid))
+
+    def publish() -> None:
+        for _ in range(tasks):
+            publisher.send_task(NOOP, queue=QUEUE)
 
     def measure() -> float:
         nonlocal completed
         started = time.perf_counter()
-        for _ in range(tasks):
-            publisher.send_task(NOOP, queue=QUEUE)
-        elapsed = wait_drained(client, QUEUE) - started
+        elapsed = cpu.round(tasks, publish, lambda: wait_drained(client, QUEUE)) - started
         completed += tasks
         if results is not None:
             _require_results(results, completed)
         return tasks / elapsed
 
     label = "celery + database results" if tracked else "plain celery"
-    return Variant(f"{label} ({store})", measure)
+    return _Setup(Variant(f"{label} ({store})", measure), cpu)
 
 
-def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> Variant:
+def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> _Setup:
     broker = services.redis_url()
     database_url = services.database_url(store, "celery_durable")
     # Switchyard's schema, migrated as Switchyard migrates it; this engine only sets it up and
@@ -208,7 +319,7 @@ def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Sto
     upgrade(engine)
     name = f"celery-durable-{store}"
     with _environment(DATABASE_ENV, database_url):  # celery_worker passes our environment on
-        services.celery_worker(
+        worker = services.celery_worker(
             app="benchmarks.durable_celery_app:app",
             broker_url=broker,
             name=name,
@@ -219,13 +330,16 @@ def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Sto
     stack.callback(publisher.close)
     client = _client(broker, stack)
     tasks, completed = ctx.sizes.celery_tasks, 0
+    cpu = CpuPerTask(psutil.Process(worker.process.pid))
+
+    def publish() -> None:
+        for _ in range(tasks):
+            publisher.submit()
 
     def measure() -> float:
         nonlocal completed
         started = time.perf_counter()
-        for _ in range(tasks):
-            publisher.submit()
-        elapsed = wait_drained(client, QUEUE) - started
+        elapsed = cpu.round(tasks, publish, lambda: wait_drained(client, QUEUE)) - started
         completed += tasks
         require_status(
             engine,
@@ -236,7 +350,7 @@ def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Sto
         )
         return tasks / elapsed
 
-    return Variant(f"hand-written durable celery ({store})", measure)
+    return _Setup(Variant(f"hand-written durable celery ({store})", measure), cpu)
 
 
 def wait_drained(client: redis.Redis, queue: str) -> float:

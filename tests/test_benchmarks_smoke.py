@@ -18,6 +18,7 @@ ROWS = (
     "Routing decision",
     "Thread backend",
     "Celery backend",
+    "CPU per Celery task",
     "POST /tasks",
     "Rollout change",
     "Rollback",
