@@ -32,7 +32,7 @@ from execution.batch_records import BATCHES, UNFINISHED, BatchRecord
 from execution.models import utcnow
 from execution.records import TASKS, TaskRecord
 from execution.status import TaskStatus
-from execution.task_statements import INSERT_EVENT
+from execution.task_statements import INSERT_EVENT, event_values
 
 
 def _batch(task_id: str, batch_no: int) -> ColumnElement[bool]:
@@ -546,13 +546,4 @@ def _count_in_job(conn: Connection, task_id: str, now: datetime) -> None:
 
 
 def _event(conn: Connection, job: TaskRecord, message: str | None, now: datetime) -> None:
-    conn.execute(
-        INSERT_EVENT,
-        {
-            "task_id": job.task_id,
-            "status": job.status,
-            "progress": job.progress,
-            "message": message,
-            "at": now,
-        },
-    )
+    conn.execute(INSERT_EVENT, event_values(job.task_id, job.status, job.progress, message, now))

@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Connection,
     Engine,
     Select,
     and_,
@@ -38,6 +37,7 @@ from execution.task_statements import (
     AddOne,
     CopyOf,
     Guard,
+    event_values,
     update_statement,
 )
 
@@ -507,8 +507,9 @@ class TaskStore:
         with self._write_turn, self.engine.begin() as conn:
             moved = [TaskRecord.from_row(row._mapping) for row in conn.execute(query)]
             for record in moved:
-                self._append_event(
-                    conn, record.task_id, TaskStatus.QUEUED, record.progress, message, now
+                conn.execute(
+                    INSERT_EVENT,
+                    event_values(record.task_id, TaskStatus.QUEUED, record.progress, message, now),
                 )
         moved.sort(key=lambda record: (-record.priority, record.created_at))
         return moved
@@ -556,8 +557,9 @@ class TaskStore:
             with self._write_turn, self.engine.begin() as conn:
                 rows = conn.execute(query).all()
                 for row in rows:
-                    self._append_event(
-                        conn, row.task_id, TaskStatus.CANCELLED, row.progress, reason, now
+                    conn.execute(
+                        INSERT_EVENT,
+                        event_values(row.task_id, TaskStatus.CANCELLED, row.progress, reason, now),
                     )
             cancelled.update((str(row.backend), str(row.tool_id)) for row in rows)
             if not rows and not self._exists(chosen):
@@ -889,40 +891,13 @@ class TaskStore:
                 return None
             if record_event:
                 self._prepared[INSERT_EVENT].execute(
-                    cursor,
-                    {
-                        "task_id": task_id,
-                        "status": to_status,
-                        "progress": row["progress"],
-                        "message": message,
-                        "at": now,
-                    },
+                    cursor, event_values(task_id, to_status, row["progress"], message, now)
                 )
         return row
 
     def _exists(self, query: Select[Any]) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
-
-    @staticmethod
-    def _append_event(
-        conn: Connection,
-        task_id: str,
-        status: TaskStatus,
-        progress: int,
-        message: str | None,
-        at: datetime,
-    ) -> None:
-        conn.execute(
-            INSERT_EVENT,
-            {
-                "task_id": task_id,
-                "status": status,
-                "progress": progress,
-                "message": message,
-                "at": at,
-            },
-        )
 
 
 def _record(row: dict[str, Any] | None) -> TaskRecord | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any, cast
 
@@ -50,6 +51,21 @@ INSERT_FIRST_EVENT = insert(EVENTS).values(
     {**binds(EVENTS, ("task_id", "seq", "status", "message", "at")), "progress": 0}
 )
 """A new task's first events: their numbers are known (1, 2), so no NEXT_SEQ lookup."""
+
+
+def event_values(
+    task_id: str, status: TaskStatus, progress: int, message: str | None, at: datetime
+) -> dict[str, Any]:
+    """INSERT_EVENT's parameters: one status change or progress step of a task."""
+    return {
+        "task_id": task_id,
+        "status": status,
+        "progress": progress,
+        "message": message,
+        "at": at,
+    }
+
+
 SELECT_TASK = select(TASKS).where(TASKS.c.task_id == bindparam("task_id"))
 
 
