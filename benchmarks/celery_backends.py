@@ -43,6 +43,7 @@ from benchmarks.services import STORE_NAMES, Services, Store
 from dispatch.dispatcher import NewTask
 from execution.database import make_engine, upgrade
 from execution.status import BackendName, TaskStatus
+from tests.integration.workers import WorkerProcess
 
 TARGET_RATIO = 0.85
 """3a: Switchyard's Celery backend against plain Celery with no result backend."""
@@ -239,19 +240,8 @@ def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: 
         concurrency=CONCURRENCY,
         pool=POOL,
     )
-    client = _client(broker, stack)
-    tasks, completed = ctx.sizes.celery_tasks, 0
-    cpu = CpuPerTask(psutil.Process(worker.process.pid))
 
-    def publish() -> None:
-        for _ in range(tasks):
-            runtime.dispatcher.submit(NewTask(tool_id="noop", payload={}, user_id="bench"))
-
-    def measure() -> float:
-        nonlocal completed
-        started = time.perf_counter()
-        elapsed = cpu.round(tasks, publish, lambda: wait_drained(client, QUEUE)) - started
-        completed += tasks
+    def check(completed: int) -> None:
         require_status(
             runtime.engine,
             TaskStatus.COMPLETED,
@@ -259,9 +249,15 @@ def _switchyard(ctx: BenchContext, services: Services, stack: ExitStack, store: 
             what=f"celery backend ({store})",
             backend=BackendName.CELERY,
         )
-        return tasks / elapsed
 
-    return _Setup(Variant(f"switchyard celery backend ({store})", measure), cpu)
+    return _rounds(
+        ctx,
+        f"switchyard celery backend ({store})",
+        worker,
+        _client(broker, stack),
+        lambda: runtime.dispatcher.submit(NewTask(tool_id="noop", payload={}, user_id="bench")),
+        check,
+    )
 
 
 def _plain(
@@ -288,25 +284,20 @@ def _plain(
     )
     publisher = make_app(f"{name}-publisher", tracked=tracked, broker_url=broker)
     stack.callback(publisher.close)
-    client = _client(broker, stack)
-    tasks, completed = ctx.sizes.celery_tasks, 0
-    cpu = CpuPerTask(psutil.Process(worker.process.pid))
 
-    def publish() -> None:
-        for _ in range(tasks):
-            publisher.send_task(NOOP, queue=QUEUE)
-
-    def measure() -> float:
-        nonlocal completed
-        started = time.perf_counter()
-        elapsed = cpu.round(tasks, publish, lambda: wait_drained(client, QUEUE)) - started
-        completed += tasks
+    def check(completed: int) -> None:
         if results is not None:
             _require_results(results, completed)
-        return tasks / elapsed
 
     label = "celery + database results" if tracked else "plain celery"
-    return _Setup(Variant(f"{label} ({store})", measure), cpu)
+    return _rounds(
+        ctx,
+        f"{label} ({store})",
+        worker,
+        _client(broker, stack),
+        lambda: publisher.send_task(NOOP, queue=QUEUE),
+        check,
+    )
 
 
 def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Store) -> _Setup:
@@ -328,19 +319,8 @@ def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Sto
         )
     publisher = Publisher(database_url=database_url, broker_url=broker)
     stack.callback(publisher.close)
-    client = _client(broker, stack)
-    tasks, completed = ctx.sizes.celery_tasks, 0
-    cpu = CpuPerTask(psutil.Process(worker.process.pid))
 
-    def publish() -> None:
-        for _ in range(tasks):
-            publisher.submit()
-
-    def measure() -> float:
-        nonlocal completed
-        started = time.perf_counter()
-        elapsed = cpu.round(tasks, publish, lambda: wait_drained(client, QUEUE)) - started
-        completed += tasks
+    def check(completed: int) -> None:
         require_status(
             engine,
             TaskStatus.COMPLETED,
@@ -348,9 +328,44 @@ def _durable(ctx: BenchContext, services: Services, stack: ExitStack, store: Sto
             what=f"hand-written durable celery ({store})",
             backend=BackendName.CELERY,
         )
+
+    return _rounds(
+        ctx,
+        f"hand-written durable celery ({store})",
+        worker,
+        _client(broker, stack),
+        publisher.submit,
+        check,
+    )
+
+
+def _rounds(
+    ctx: BenchContext,
+    label: str,
+    worker: WorkerProcess,
+    client: redis.Redis,
+    submit: Callable[[], object],
+    check: Callable[[int], None],
+) -> _Setup:
+    """A setup's rounds: `ctx.sizes.celery_tasks` calls of `submit`, timed until the broker
+    holds none of them, then `check`ed against how many tasks the rounds made so far; the CPU
+    time of the publisher and of `worker` counted per task."""
+    tasks, completed = ctx.sizes.celery_tasks, 0
+    cpu = CpuPerTask(psutil.Process(worker.process.pid))
+
+    def publish() -> None:
+        for _ in range(tasks):
+            submit()
+
+    def measure() -> float:
+        nonlocal completed
+        started = time.perf_counter()
+        elapsed = cpu.round(tasks, publish, lambda: wait_drained(client, QUEUE)) - started
+        completed += tasks
+        check(completed)
         return tasks / elapsed
 
-    return _Setup(Variant(f"hand-written durable celery ({store})", measure), cpu)
+    return _Setup(Variant(label, measure), cpu)
 
 
 def wait_drained(client: redis.Redis, queue: str) -> float:
