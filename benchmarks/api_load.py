@@ -22,7 +22,7 @@ from benchmarks.load import CONNECTIONS, THREADS, LoadResult, post_for
 from benchmarks.rows import count_status
 from benchmarks.runner import Row, Variant, alternate, compared_row, ratio_at_least
 from benchmarks.services import STORE_NAMES, Services, Store
-from execution.database import make_engine, upgrade
+from execution.database import make_engine, migrate
 from execution.records import TASKS
 from execution.status import TERMINAL_STATUSES, TaskStatus
 
@@ -67,7 +67,7 @@ def _on_store(ctx: BenchContext, services: Services, store: Store) -> list[Row]:
     key_file = workdir / f"api-operator-{store}.key"
     ours_db = services.database_url(store, "api")
     raw_db = services.database_url(store, "raw")
-    _migrate(ours_db)  # `switchyard db upgrade`: the API migrates only an embedded database
+    migrate(ours_db)  # `switchyard db upgrade`: the API migrates only an embedded database
     ours_url = services.http_server(
         [sys.executable, "-m", "api.cli", "serve"],
         name=f"api-switchyard-{store}",
@@ -209,14 +209,6 @@ def _wait_until_completed(engine: Engine, label: str) -> None:
                 + f" {COMPLETION_TIMEOUT:.0f} s after the rounds at most"
             )
         time.sleep(0.5)
-
-
-def _migrate(database_url: str) -> None:
-    engine = make_engine(database_url)
-    try:
-        upgrade(engine)
-    finally:
-        engine.dispose()
 
 
 def _count(engine: Engine) -> int:

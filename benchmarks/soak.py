@@ -24,7 +24,7 @@ from benchmarks.load import post_mixed
 from benchmarks.memory import MIB, tree_rss
 from benchmarks.runner import Row, Summary
 from benchmarks.services import STORE_NAMES, Store
-from execution.database import make_engine, upgrade
+from execution.database import make_engine, migrate
 from execution.records import TASKS
 from execution.status import TERMINAL_STATUSES, TaskStatus
 
@@ -54,11 +54,7 @@ def _soak(ctx: BenchContext, store: Store) -> Row:
         "name,age,score\n" + "".join(f"p{i},{20 + i % 50},{i * 0.5}\n" for i in range(CSV_ROWS))
     )
     database_url = services.database_url(store, f"soak_{store}")
-    engine = make_engine(database_url)
-    try:
-        upgrade(engine)  # serve migrates only the embedded store; an operator runs db upgrade
-    finally:
-        engine.dispose()
+    migrate(database_url)  # serve migrates only the embedded store; an operator runs db upgrade
     broker = services.redis_url()
     key_file = services.workdir / f"soak-{store}-operator.key"
     common = {

@@ -33,7 +33,7 @@ from fastapi import FastAPI, status
 
 from api.schemas import TaskCreate
 from benchmarks.bare_driver import BareStore
-from execution.database import make_engine, upgrade
+from execution.database import migrate
 from execution.logs import configure_logging
 
 USER_ID = "benchmark"
@@ -112,11 +112,7 @@ def create_trivial_app(database_url: str | None = None) -> FastAPI:
 
 def raw_inserter(database_url: str) -> Insert:
     """Migrate `database_url` to Switchyard's schema; a function committing one new task."""
-    engine = make_engine(database_url)
-    try:
-        upgrade(engine)
-    finally:
-        engine.dispose()
+    migrate(database_url)
     store = BareStore.of(database_url)
     task_sql, event_sql = store.sql(INSERT_TASK), store.sql(EVENTS)
     local = threading.local()

@@ -73,6 +73,17 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     log.info("db.upgraded", revision=revision, url=redact_url(str(engine.url)))
 
 
+def migrate(database_url: str, revision: str = "head") -> None:
+    """`upgrade` the database at `database_url` through an engine of its own, closed after:
+    for a process that migrates a store and then leaves it to others (`switchyard db
+    upgrade`)."""
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine, revision)
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def migration_lock(engine: Engine) -> Iterator[None]:
     """Held while migrating: an API and a worker started together must not both build the schema.

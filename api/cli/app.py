@@ -182,13 +182,10 @@ def db_upgrade(
 
     settings = settings_or_exit()
     configure_logging(level=settings.log_level, json_output=settings.log_json)
-    engine = database.make_engine(settings.database_url)
     try:
-        database.upgrade(engine, revision)
+        database.migrate(settings.database_url, revision)
     except Exception as exc:
         fail(f"migration failed: {type(exc).__name__}: {exc}")
-    finally:
-        engine.dispose()
     out.print(f"database at {revision}: {settings.redacted()['database_url']}", highlight=False)
 
 
