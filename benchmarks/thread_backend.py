@@ -154,19 +154,15 @@ def _handwritten(ctx: BenchContext, stack: ExitStack, store: Store, workers: int
     commits = _count_commits(engine, stack)
     pool = HandWrittenPool(engine=engine, workers=workers)
     stack.callback(pool.shutdown)
-    tasks, completed = ctx.sizes.thread_tasks, 0
-
-    def measure() -> float:
-        nonlocal completed
-        started = time.perf_counter()
-        futures = [pool.submit({}) for _ in range(tasks)]
-        elapsed = _elapsed_when_done(futures, started)
-        completed += tasks
-        require_status(engine, TaskStatus.COMPLETED, completed, what="hand-written pool")
-        return tasks / elapsed
-
-    variant = Variant(f"hand-written SQLAlchemy pool ({store})", _counted(measure, commits))
-    return _Measured(variant, lambda: commits() / completed)
+    rounds = _PoolRounds(
+        ctx.sizes.thread_tasks,
+        lambda: pool.submit({}),
+        lambda completed: require_status(
+            engine, TaskStatus.COMPLETED, completed, what="hand-written pool"
+        ),
+    )
+    variant = Variant(f"hand-written SQLAlchemy pool ({store})", _counted(rounds.measure, commits))
+    return _Measured(variant, lambda: commits() / rounds.completed)
 
 
 def _stdlib(ctx: BenchContext, stack: ExitStack, store: Store, workers: int) -> _Measured:
@@ -178,28 +174,37 @@ def _stdlib(ctx: BenchContext, stack: ExitStack, store: Store, workers: int) -> 
     engine.dispose()  # no connection of its own open while the floor runs
     pool = StdlibPool(database_url=url, workers=workers)
     stack.callback(pool.shutdown)
-    tasks, completed = ctx.sizes.thread_tasks, 0
 
-    def measure() -> float:
-        nonlocal completed
-        started = time.perf_counter()
-        futures = [pool.submit({}) for _ in range(tasks)]
-        elapsed = _elapsed_when_done(futures, started)
-        completed += tasks
+    def check(completed: int) -> None:
         require_status(engine, TaskStatus.COMPLETED, completed, what=FLOOR_LABELS[store])
         engine.dispose()
-        return tasks / elapsed
 
-    variant = Variant(f"{FLOOR_LABELS[store].split(',')[0]} ({store})", measure)
-    return _Measured(variant, lambda: pool.commits / completed)
+    rounds = _PoolRounds(ctx.sizes.thread_tasks, lambda: pool.submit({}), check)
+    variant = Variant(f"{FLOOR_LABELS[store].split(',')[0]} ({store})", rounds.measure)
+    return _Measured(variant, lambda: pool.commits / rounds.completed)
 
 
-def _elapsed_when_done(futures: list[Future[None]], started: float) -> float:
-    wait(futures)
-    elapsed = time.perf_counter() - started
-    for future in futures:
-        future.result()  # a failed write fails the run instead of flattering the baseline
-    return elapsed
+@dataclass
+class _PoolRounds:
+    """A baseline pool's rounds: `tasks` submitted, timed until every one is done, then
+    `check`ed against how many the rounds completed so far."""
+
+    tasks: int
+    submit: Callable[[], Future[None]]
+    check: Callable[[int], None]
+    completed: int = 0
+
+    def measure(self) -> float:
+        """One round; tasks per second."""
+        started = time.perf_counter()
+        futures = [self.submit() for _ in range(self.tasks)]
+        wait(futures)
+        elapsed = time.perf_counter() - started
+        for future in futures:
+            future.result()  # a failed write fails the run instead of flattering the baseline
+        self.completed += self.tasks
+        self.check(self.completed)
+        return self.tasks / elapsed
 
 
 def _count_commits(engine: Engine, stack: ExitStack) -> Callable[[], int]:
